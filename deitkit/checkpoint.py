@@ -1,0 +1,116 @@
+"""Atomic checkpoint writes, safe loads, safetensors export.
+
+Every load uses `torch.load(..., weights_only=True)`: a checkpoint made by someone else cannot
+run code here. Writes go to a temporary file in the same folder, are flushed and fsynced, then
+renamed over the old file, so a kill at any moment leaves the last good checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt, unsafe or does not fit the model."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """torch.load with weights_only=True and errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes): an interrupted copy?")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint '{path}' was refused by the safe loader (weights_only=True): it holds "
+            f"objects other than tensors and plain containers, which could run code. "
+            f"Details: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt and cannot be "
+                              f"read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A deitkit checkpoint: a dict with at least `model` (state dict) and `meta`."""
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
+        raise CheckpointError(f"'{path}' is not a deitkit checkpoint (expected a dict with "
+                              "'model' and 'meta' keys)")
+    return ckpt
+
+
+def load_state_file(path: str | Path) -> dict:
+    """A bare state dict from a timm/torchvision/deitkit weights file (.pt/.pth/.bin/.safetensors)."""
+    path = Path(path).expanduser()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        if not path.is_file():
+            raise CheckpointError(f"weights file '{path}' does not exist")
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"weights file '{path}' is not valid safetensors: {e}") from None
+    obj = safe_torch_load(path)
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict", "model_ema"):
+            if key in obj and isinstance(obj[key], dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError(f"'{path}' holds no state dict (looked for a tensor mapping, or the "
+                          "keys 'model', 'state_dict', 'model_state_dict')")
+
+
+def export_safetensors(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
+    """Write the model weights as safetensors plus a JSON file with the metadata."""
+    from safetensors.torch import save_file
+    ckpt = load_checkpoint(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in ckpt["model"].items()}
+    save_file(state, str(out))
+    meta_path = out.with_suffix(".json")
+    atomic_write_text(json.dumps(ckpt["meta"], indent=2), meta_path)
+    return out, meta_path

@@ -1,0 +1,135 @@
+"""Command line: parse, build a config, call one library function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, build_config, dump_yaml, list_recipes, recipe_dict
+from .data import DataError
+from .engine import NonFiniteLossError
+
+EPILOG = ("Any config key can be set as key=value after the options, e.g. "
+          "distill.kind=soft aug.mixup=0 optim.base_lr=1e-3. `deitkit recipes` lists recipes.")
+
+
+def _common(p: argparse.ArgumentParser, recipe: str) -> None:
+    p.add_argument("--recipe", default=recipe, help=f"named recipe (default: {recipe})")
+    p.add_argument("--config", help="YAML file applied on top of the recipe")
+    p.add_argument("--data", help="digits, cifar10, cifar100, mnist, fashion-mnist, or an "
+                                  "ImageFolder path (train/ plus val/ or test/)")
+    p.add_argument("--out", help="run folder (default: runs/<recipe>-<timestamp>)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and stop")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deitkit", description=__doc__, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a distilled DeiT student (quickstart on the digits "
+                                     "by default)", epilog=EPILOG)
+    _common(p, "quickstart")
+    p.add_argument("--teacher", help="teacher: timm/torchvision name, deitkit run folder or "
+                                     "checkpoint (default: train a CNN teacher first)")
+    p.add_argument("--teacher-weights", help="local weights file for --teacher")
+
+    p = sub.add_parser("teacher", help="train a CNN teacher on a dataset", epilog=EPILOG)
+    _common(p, "cnn-teacher")
+    p.add_argument("--model", help="timm/torchvision CNN name (default: recipe's resnet18)")
+
+    p = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
+    p.add_argument("run", help="run folder (uses checkpoint-best.pt) or checkpoint file")
+    p.add_argument("--data", help="dataset (default: the one it was trained on)")
+    p.add_argument("--teacher", help="teacher to compare with (default: the run's teacher)")
+    p.add_argument("--teacher-weights")
+    p.add_argument("--fusion", choices=("logits", "probs"), help="default: the run's")
+    p.add_argument("--last", action="store_true", help="use checkpoint-last.pt")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+
+    sub.add_parser("recipes", help="list the named recipes")
+
+    p = sub.add_parser("export", help="export a checkpoint's weights to safetensors + JSON")
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("out", help="output .safetensors path")
+    return parser
+
+
+def _config_from(args):
+    overrides = []
+    for key, val in (("data.name", args.data), ("out", args.out), ("epochs", args.epochs),
+                     ("seed", args.seed), ("device", args.device)):
+        if val is not None:
+            overrides.append(f"{key}={val}")
+    if getattr(args, "teacher", None):
+        overrides.append(f"teacher.name={args.teacher}")
+    if getattr(args, "teacher_weights", None):
+        overrides.append(f"teacher.weights={args.teacher_weights}")
+    if getattr(args, "model", None):
+        overrides.append(f"model.name={args.model}")
+    if args.no_progress:
+        overrides.append("progress=false")
+    # CLI values are strings: quote those that YAML would read as another type
+    fixed = []
+    for o in overrides:
+        k, _, v = o.partition("=")
+        if k in ("data.name", "out", "teacher.name", "teacher.weights", "model.name", "device"):
+            o = f"{k}={json.dumps(v)}"
+        fixed.append(o)
+    return build_config(args.recipe, args.config, fixed + args.overrides)
+
+
+def cmd_recipes() -> int:
+    for name in list_recipes():
+        r = recipe_dict(name).get("recipe", {})
+        print(f"{name}\n  {r.get('description', '')}\n  command:  {r.get('command', '')}\n"
+              f"  hardware: {r.get('hardware', '')}\n  runtime:  {r.get('runtime', '')}\n"
+              f"  expected: {r.get('expected_accuracy', '')}\n")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        if args.command == "recipes":
+            return cmd_recipes()
+        if args.command == "eval":
+            from .evaluate import evaluate_checkpoint, format_eval
+            res = evaluate_checkpoint(args.run, data=args.data, teacher=args.teacher,
+                                      teacher_weights=args.teacher_weights, fusion=args.fusion,
+                                      last=args.last, device=args.device)
+            print(format_eval(res))
+            if args.json:
+                Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+            return 0
+        if args.command == "export":
+            from .checkpoint import export_safetensors
+            ckpt = Path(args.checkpoint)
+            if ckpt.is_dir():
+                ckpt = ckpt / "checkpoint-best.pt"
+            w, m = export_safetensors(ckpt, args.out)
+            print(f"wrote {w} and {m}")
+            return 0
+        cfg = _config_from(args)
+        if args.dry_run:
+            print(dump_yaml(cfg), end="")
+            return 0
+        from .train import format_summary, train, train_teacher
+        summary = train(cfg) if args.command == "train" else train_teacher(cfg)
+        print(format_summary(summary))
+        return 0
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError) as e:
+        print(f"deitkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deitkit: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130

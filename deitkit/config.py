@@ -1,0 +1,427 @@
+"""Typed run configuration: dataclasses, YAML recipes, dotted overrides.
+
+A run is described by one `TrainConfig`. It is built from a named recipe (a YAML file in
+`deitkit/recipes/`), then an optional user YAML file, then dotted command-line overrides such as
+`distill.kind=soft`. Every layer is checked against the dataclasses: an unknown key or a value
+of the wrong type is a `ConfigError` that names the key. The resolved config is written to the
+run folder as `config.yaml`, so every default that shaped a run can be read back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type or an invalid value."""
+
+
+@dataclass
+class RecipeInfo:
+    """What a recipe is for; shown by `deitkit recipes` and kept in the resolved config."""
+    name: str = ""
+    """Recipe name, e.g. `quickstart`."""
+    description: str = ""
+    """One paragraph: what the recipe reproduces and for whom."""
+    command: str = ""
+    """The command that runs it."""
+    hardware: str = ""
+    """The hardware the runtime and accuracy below were measured on (or taken from)."""
+    runtime: str = ""
+    """Expected wall-clock time on that hardware."""
+    expected_accuracy: str = ""
+    """Expected accuracy, with its source (our measurement or the paper)."""
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are batched."""
+    name: str = "digits"
+    """`digits` (scikit-learn's 8x8 digits, embedded), `cifar10`, `cifar100`, `mnist`,
+    `fashion-mnist`, or a path to an ImageFolder tree with `train/` and `val/` or `test/`."""
+    root: str = "~/.cache/deitkit/datasets"
+    """Folder where torchvision datasets are downloaded to / looked for."""
+    download: bool = True
+    """Download torchvision datasets when they are missing (needs the internet)."""
+    img_size: int = 32
+    """Side of the square image the student sees, in pixels."""
+    train_fraction: float = 1.0
+    """Fraction of the training split to use (stratified by class, seeded by `fraction_seed`)."""
+    fraction_seed: int = 0
+    """Seed of the stratified training-fraction subset (independent of the run seed)."""
+    batch_size: int = 64
+    """Training batch size per process. The global batch is this times the world size."""
+    eval_batch_size: int = 256
+    """Evaluation batch size per process."""
+    num_workers: int = 2
+    """DataLoader worker processes (0 loads in the main process)."""
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    """Per-channel normalisation mean (ImageNet's, as DeiT)."""
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    """Per-channel normalisation standard deviation."""
+
+
+@dataclass
+class AugConfig:
+    """Training augmentation and label regularisation (the DeiT recipe's heart)."""
+    stack: str = "deit"
+    """`deit` (timm ops as in the official code), `v2` (the seed's torchvision-v2 formulation),
+    or `light` (crop + flip only, a CNN-style stack, no mixing)."""
+    crop: str = "rrc"
+    """`rrc`: bicubic RandomResizedCrop (ImageNet); `pad`: RandomCrop with 4-pixel padding
+    (what the official code uses for 32-pixel images)."""
+    scale_min: float = 0.08
+    """Smallest area fraction of RandomResizedCrop."""
+    hflip: float = 0.5
+    """Horizontal-flip probability (0 for digits and text)."""
+    rand_augment: str = "rand-m9-mstd0.5-inc1"
+    """timm RandAugment spec for the `deit` stack; empty string disables it."""
+    ra_magnitude: int = 9
+    """RandAugment magnitude for the `v2` stack (`v2.RandAugment(num_ops=2, magnitude=...)`)."""
+    color_jitter: float = 0.3
+    """Colour-jitter strength. As in timm and the official code, it is applied only when
+    RandAugment is off (timm ignores it when an auto-augment policy is given)."""
+    reprob: float = 0.25
+    """Random-erasing probability."""
+    remode: str = "pixel"
+    """Random-erasing fill: `pixel` (per-pixel normal noise), `rand` or `const`."""
+    mixup: float = 0.8
+    """Mixup alpha (0 disables Mixup)."""
+    cutmix: float = 1.0
+    """CutMix alpha (0 disables CutMix)."""
+    mix_prob: float = 1.0
+    """Probability of applying Mixup or CutMix to a batch."""
+    switch_prob: float = 0.5
+    """Probability of CutMix instead of Mixup when both are on."""
+    smoothing: float = 0.1
+    """Label smoothing."""
+    repeated_aug: int = 3
+    """Repeated augmentation: each image appears this many times per epoch, differently
+    augmented (1 disables). Works in single-process runs and on datasets of any size."""
+    eval_crop_pct: float = 1.0
+    """Evaluation centre-crop fraction (0.875 for ImageNet at 224; 1.0 for small images)."""
+    interpolation: str = "bicubic"
+    """Resize interpolation."""
+
+
+@dataclass
+class ModelConfig:
+    """The network being trained (the student, or the CNN in a teacher run)."""
+    name: str = "deit_tiny_distilled_patch16_224"
+    """A timm DeiT name for students; any timm/torchvision classifier for teacher runs."""
+    patch_size: Optional[int] = None
+    """Patch-size override for DeiT students (e.g. 4 for 32x32 images)."""
+    drop_path: float = 0.1
+    """Stochastic-depth rate."""
+    small_stem: bool = False
+    """CNNs only: replace a ResNet's 7x7/2 stem and max-pool by a 3x3/1 convolution (CIFAR
+    ResNet), which keeps small images at full resolution."""
+    overrides: dict = field(default_factory=dict)
+    """Further keyword arguments passed to the timm constructor (e.g. `depth: 6`)."""
+
+
+@dataclass
+class TeacherConfig:
+    """Where the teacher comes from. With no `name`, a CNN is trained first (see `train_*`)."""
+    name: Optional[str] = None
+    """timm or torchvision model name, a deitkit teacher run folder, or a deitkit checkpoint."""
+    weights: Optional[str] = None
+    """Local weights file for `name` (timm, torchvision or deitkit checkpoint)."""
+    pretrained: bool = False
+    """Download the model's pretrained weights from the hub (needs the internet)."""
+    train_model: str = "resnet18"
+    """CNN trained on the same split when no teacher is given."""
+    train_recipe: str = "cnn-teacher"
+    """Recipe used to train that CNN."""
+    train_epochs: Optional[int] = None
+    """Epochs for that CNN (None: the recipe's value)."""
+    train_overrides: list = field(default_factory=list)
+    """Dotted overrides for that CNN's run, e.g. `["model.small_stem=false"]`."""
+
+
+@dataclass
+class DistillConfig:
+    """Distillation objective and inference fusion."""
+    kind: str = "hard"
+    """`hard` (teacher argmax, the paper's best), `soft` (KL at temperature `tau`) or `none`."""
+    alpha: float = 0.5
+    """Weight of the distillation term: (1 - alpha) * CE(cls) + alpha * KD(dist)."""
+    tau: float = 1.0
+    """Soft-distillation temperature."""
+    kl_norm: str = "per_element"
+    """Soft KL normalisation: `per_element` (official: sum * tau^2 / numel) or `batchmean`
+    (Hinton, timm: sum / batch * tau^2)."""
+    heads: str = "both"
+    """`both`; `cls` (class head only, no teacher); `dist` (distillation head only, teacher only)."""
+    fusion: str = "logits"
+    """Inference fusion of the heads: `logits` (mean of logits; official code, timm and Hugging
+    Face) or `probs` (mean of softmax probabilities; the paper's text)."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (timm factories)."""
+    opt: str = "adamw"
+    """timm optimiser name (`adamw`, `sgd`, `lamb`, ...)."""
+    base_lr: float = 5e-4
+    """Learning rate per `lr_batch_divisor` images of global batch."""
+    lr_batch_divisor: int = 512
+    """lr = base_lr * global_batch / lr_batch_divisor (the DeiT linear scaling rule)."""
+    lr: Optional[float] = None
+    """Absolute learning rate; overrides the scaling rule when set."""
+    weight_decay: float = 0.05
+    """Decoupled weight decay; never applied to biases, norms, position embedding or tokens."""
+    momentum: float = 0.9
+    """Momentum for SGD-type optimisers."""
+    clip_grad: Optional[float] = None
+    """Clip the global gradient norm to this value (None: no clipping)."""
+    sched: str = "cosine"
+    """timm scheduler name."""
+    warmup_epochs: int = 5
+    """Linear warm-up epochs (from `warmup_lr`)."""
+    warmup_lr: float = 1e-6
+    """Learning rate at the start of warm-up."""
+    min_lr: float = 1e-5
+    """Learning rate at the end of the cosine."""
+
+
+@dataclass
+class EmaConfig:
+    """Exponential moving average of the weights (timm ModelEmaV3)."""
+    enabled: bool = True
+    """Keep an EMA copy of the weights and report its fused accuracy."""
+    decay: float = 0.99996
+    """EMA decay per optimiser step."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+    recipe: RecipeInfo = field(default_factory=RecipeInfo)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    epochs: int = 300
+    """Training epochs."""
+    seed: int = 0
+    """Run seed (weights, augmentation, sampling)."""
+    amp: str = "auto"
+    """Mixed precision: `auto` (bf16 on CPUs with native bf16 and on GPUs that have it, else
+    fp16 on GPU, else off), `bf16`, `fp16` (GPU only), `off`."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    out: Optional[str] = None
+    """Run folder (default: `runs/<recipe>-<timestamp>`)."""
+    eval_every: int = 1
+    """Evaluate every N epochs (and always after the last)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass with key and type checking
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Return (ok, coerced value) for `value` against a field annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return True, None
+        for a in args:
+            if a is type(None):
+                continue
+            ok, v = _type_ok(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if tp is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `2e-3` (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value
+    if tp is dict or origin is dict:
+        return isinstance(value, dict), value
+    if tp is list or origin is list:
+        return isinstance(value, list), value
+    return True, value
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def merge_dict(obj: Any, updates: dict, prefix: str = "", source: str = "config") -> None:
+    """Apply a nested dict of updates to dataclass `obj` in place, checking keys and types."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
+                          f"got {type(updates).__name__}")
+    hints = _hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{path}'. Known keys here: "
+                              f"{', '.join(sorted(prefix + n for n in names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            merge_dict(current, value, prefix=f"{path}.", source=source)
+            continue
+        ok, coerced = _type_ok(value, hints[key])
+        if not ok:
+            raise ConfigError(f"{source}: key '{path}' expects {_type_name(hints[key])}, "
+                              f"got {value!r} ({type(value).__name__})")
+        setattr(obj, key, coerced)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
+    """Apply `a.b=value` strings; values are parsed as YAML scalars (`null`, `0.5`, `true`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value "
+                              f"(for example distill.kind=soft)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        nested: dict = {}
+        cursor = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            cursor = cursor.setdefault(p, {})
+        cursor[parts[-1]] = value
+        merge_dict(cfg, nested, source=f"override '{item}'")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict, source: str = "config") -> TrainConfig:
+    cfg = TrainConfig()
+    merge_dict(cfg, d, source=source)
+    return cfg
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes
+
+def list_recipes() -> list[str]:
+    files = resources.files("deitkit.recipes").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
+
+
+def recipe_dict(name: str) -> dict:
+    path = resources.files("deitkit.recipes") / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe '{name}'. Available: {', '.join(list_recipes())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    return data
+
+
+def load_yaml_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping at the top level")
+    return data
+
+
+def build_config(recipe: str = "quickstart", config_file: Optional[str] = None,
+                 overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Recipe, then YAML file, then dotted overrides; each checked against the dataclasses."""
+    cfg = TrainConfig()
+    merge_dict(cfg, recipe_dict(recipe), source=f"recipe '{recipe}'")
+    if config_file:
+        merge_dict(cfg, load_yaml_file(config_file), source=f"config file '{config_file}'")
+    apply_overrides(cfg, overrides or [])
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "aug.stack": ("deit", "v2", "light"),
+    "aug.crop": ("rrc", "pad"),
+    "aug.remode": ("pixel", "rand", "const"),
+    "distill.kind": ("none", "soft", "hard"),
+    "distill.kl_norm": ("per_element", "batchmean"),
+    "distill.heads": ("both", "cls", "dist"),
+    "distill.fusion": ("logits", "probs"),
+    "amp": ("auto", "bf16", "fp16", "off"),
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for p in dotted.split("."):
+        cfg = getattr(cfg, p)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Value checks that types alone cannot express."""
+    for key, choices in _CHOICES.items():
+        v = _get(cfg, key)
+        if v not in choices:
+            raise ConfigError(f"key '{key}' must be one of {', '.join(choices)}; got {v!r}")
+    checks = [
+        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("data.img_size", cfg.data.img_size >= 8, "at least 8"),
+        ("data.batch_size", cfg.data.batch_size >= 1, "at least 1"),
+        ("data.train_fraction", 0.0 < cfg.data.train_fraction <= 1.0, "in (0, 1]"),
+        ("aug.repeated_aug", cfg.aug.repeated_aug >= 1, "at least 1 (1 disables)"),
+        ("distill.alpha", 0.0 <= cfg.distill.alpha <= 1.0, "in [0, 1]"),
+        ("distill.tau", cfg.distill.tau > 0, "positive"),
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "non-negative"),
+        ("eval_every", cfg.eval_every >= 1, "at least 1"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"key '{key}' must be {what}; got {_get(cfg, key)!r}")
+    if (cfg.aug.mixup > 0 or cfg.aug.cutmix > 0) and cfg.aug.stack != "light" \
+            and cfg.data.batch_size % 2:
+        raise ConfigError(f"key 'data.batch_size' must be even when Mixup/CutMix is on "
+                          f"(timm mixes a batch with its flip); got {cfg.data.batch_size}")
+    if cfg.distill.heads == "cls" and cfg.distill.kind != "none":
+        raise ConfigError("distill.heads=cls trains the class head without a teacher: "
+                          "set distill.kind=none")
+    if cfg.distill.heads == "dist" and cfg.distill.kind == "none":
+        raise ConfigError("distill.heads=dist trains on teacher labels only: "
+                          "set distill.kind=hard or soft")

@@ -1,0 +1,55 @@
+"""Augmentation stacks: `deit` (timm, as the official code), `v2` (torchvision v2), `light`."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from timm.data import create_transform
+from torchvision import transforms as T
+from torchvision.transforms import v2
+
+from ..config import AugConfig
+
+_INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+
+
+def _crop(aug: AugConfig, size: int, v: bool = False):
+    ns = v2 if v else T
+    if aug.crop == "pad":
+        return ns.RandomCrop(size, padding=4)
+    return ns.RandomResizedCrop(size, scale=(aug.scale_min, 1.0),
+                                interpolation=_INTERP[aug.interpolation])
+
+
+def build_train_transform(aug: AugConfig, size: int, mean: Sequence[float],
+                          std: Sequence[float]):
+    """Per-image training transform (PIL in, normalised float tensor [3, H, W] out)."""
+    if aug.stack == "deit":
+        tf = create_transform(
+            input_size=size, is_training=True, scale=(aug.scale_min, 1.0), hflip=aug.hflip,
+            color_jitter=aug.color_jitter, auto_augment=aug.rand_augment or None,
+            interpolation=aug.interpolation, re_prob=aug.reprob, re_mode=aug.remode,
+            re_count=1, mean=tuple(mean), std=tuple(std))
+        if aug.crop == "pad":  # the official code's replacement for images of 32 px and less
+            tf.transforms[0] = T.RandomCrop(size, padding=4)
+        return tf
+    if aug.stack == "v2":  # the seed's formulation
+        return v2.Compose([
+            _crop(aug, size, v=True),
+            v2.RandomHorizontalFlip(aug.hflip),
+            v2.RandAugment(num_ops=2, magnitude=aug.ra_magnitude),
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+            v2.RandomErasing(p=aug.reprob),
+        ])
+    if aug.stack == "light":
+        return T.Compose([_crop(aug, size), T.RandomHorizontalFlip(aug.hflip), T.ToTensor(),
+                          T.Normalize(mean, std)])
+    raise ValueError(f"unknown augmentation stack {aug.stack!r}")
+
+
+def build_eval_transform(aug: AugConfig, size: int, mean: Sequence[float], std: Sequence[float]):
+    """Resize to size / crop_pct, centre-crop `size`, normalise."""
+    resize = int(round(size / aug.eval_crop_pct))
+    return T.Compose([T.Resize(resize, interpolation=_INTERP[aug.interpolation]),
+                      T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])

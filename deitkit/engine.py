@@ -1,0 +1,153 @@
+"""train_one_epoch / evaluate: the whole training step on one screen."""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .distill import DistillationLoss, fuse
+from .models import Teacher, student_forward
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    if amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def forward_heads(model: nn.Module, x: torch.Tensor):
+    """(cls_logits, dist_logits or None) for DeiT students and plain CNNs alike."""
+    if hasattr(model, "forward_features") and hasattr(model, "cls_token"):
+        out = student_forward(model, x)
+        return out.cls_logits, out.dist_logits
+    return model(x), None
+
+
+def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optimizer,
+                    device: torch.device, epoch: int, scheduler=None, mixer=None,
+                    teacher: Optional[Teacher] = None, ema=None, scaler=None,
+                    amp_dtype: Optional[torch.dtype] = None, clip_grad: Optional[float] = None,
+                    progress: bool = True) -> dict:
+    model.train()
+    n_steps = len(loader)
+    sums = torch.zeros(4, device=device)   # loss, base_loss, distill_loss, correct (summed)
+    seen, t0 = 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
+               dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if mixer is not None:
+            images, targets = mixer(images, labels)                # targets: [B, C] soft
+        with autocast(device, amp_dtype):
+            teacher_logits = teacher(images) if (teacher is not None and
+                                                 criterion.needs_teacher) else None
+            cls_logits, dist_logits = forward_heads(model, images)
+            parts = criterion(cls_logits.float(),
+                              None if dist_logits is None else dist_logits.float(),
+                              targets, None if teacher_logits is None else teacher_logits.float())
+        loss = parts["loss"]
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, step {step + 1}: " +
+                ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step_update(num_updates=epoch * n_steps + step + 1)
+        if ema is not None:
+            ema.update(model, step=epoch * n_steps + step + 1)
+        with torch.no_grad():
+            pred = fuse(cls_logits.float(), None if dist_logits is None else dist_logits.float())
+            correct = (pred.argmax(-1) == labels).sum() if mixer is None else \
+                (pred.argmax(-1) == targets.argmax(-1)).sum()
+            sums += torch.stack([loss.detach() * len(images),
+                                 parts["base_loss"].detach() * len(images),
+                                 parts["distill_loss"].detach() * len(images),
+                                 correct.float()])
+        seen += len(images)
+        if progress and (step % 10 == 0 or step == n_steps - 1):
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    elapsed = time.perf_counter() - t0
+    s = (sums / max(seen, 1)).tolist()
+    return {"train_loss": s[0], "train_base_loss": s[1], "train_distill_loss": s[2],
+            "train_top1": s[3], "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": elapsed, "images_per_second": seen / elapsed}
+
+
+def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.shape[-1])
+    return (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[Teacher] = None,
+             fusion: str = "logits", amp_dtype: Optional[torch.dtype] = None,
+             progress: bool = False, prefix: str = "") -> dict:
+    """Top-1/top-5 of the class head, distillation head and fusion; head agreement; token
+    cosine similarity; teacher accuracy and student-teacher agreement (fractions in [0, 1])."""
+    model.eval()
+    keys = ["cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
+            "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
+            "student_teacher_agreement"]
+    sums = dict.fromkeys(keys, 0.0)
+    n, has_dist = 0, False
+    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        images, labels = images.to(device), labels.to(device)
+        with autocast(device, amp_dtype):
+            if hasattr(model, "cls_token"):
+                out = student_forward(model, images)
+                cls_l, dist_l = out.cls_logits.float(), out.dist_logits
+                tok_c, tok_d = out.cls_token.float(), out.dist_token
+            else:
+                cls_l, dist_l, tok_c, tok_d = model(images).float(), None, None, None
+            t_logits = teacher(images).float() if teacher is not None else None
+        fused = fuse(cls_l, None if dist_l is None else dist_l.float(), fusion)
+        sums["cls_top1"] += _topk_correct(cls_l, labels, 1).item()
+        sums["cls_top5"] += _topk_correct(cls_l, labels, 5).item()
+        sums["fused_top1"] += _topk_correct(fused, labels, 1).item()
+        sums["fused_top5"] += _topk_correct(fused, labels, 5).item()
+        if dist_l is not None:
+            has_dist = True
+            dist_l = dist_l.float()
+            sums["dist_top1"] += _topk_correct(dist_l, labels, 1).item()
+            sums["dist_top5"] += _topk_correct(dist_l, labels, 5).item()
+            sums["head_agreement"] += (cls_l.argmax(-1) == dist_l.argmax(-1)).sum().item()
+            sums["token_cosine"] += F.cosine_similarity(tok_c, tok_d.float(), dim=-1).sum().item()
+        if t_logits is not None:
+            sums["teacher_top1"] += _topk_correct(t_logits, labels, 1).item()
+            sums["teacher_top5"] += _topk_correct(t_logits, labels, 5).item()
+            sums["student_teacher_agreement"] += \
+                (fused.argmax(-1) == t_logits.argmax(-1)).sum().item()
+        n += len(labels)
+    res = {k: v / max(n, 1) for k, v in sums.items()}
+    if not has_dist:
+        for k in ("dist_top1", "dist_top5", "head_agreement", "token_cosine"):
+            res[k] = None
+    if teacher is None:
+        for k in ("teacher_top1", "teacher_top5", "student_teacher_agreement"):
+            res[k] = None
+    res["eval_images"] = n
+    return {f"{prefix}{k}": v for k, v in res.items()}

@@ -1,0 +1,84 @@
+"""`deitkit eval`: every metric of `engine.evaluate` for any deitkit checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import from_dict
+from .data import build_eval_transform, load_dataset
+from .engine import evaluate
+from .models import create_teacher
+from .models.teacher import _load_into
+from .train import build_student, resolve_amp, resolve_device
+from .models import create_cnn
+
+
+def _checkpoint_path(run: str, last: bool) -> Path:
+    p = Path(run).expanduser()
+    if p.is_dir():
+        name = "checkpoint-last.pt" if last else "checkpoint-best.pt"
+        if not (p / name).is_file():
+            raise CheckpointError(f"run folder '{p}' has no {name}")
+        return p / name
+    return p
+
+
+def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[str] = None,
+                        teacher_weights: Optional[str] = None, fusion: Optional[str] = None,
+                        last: bool = False, device: str = "auto") -> dict:
+    path = _checkpoint_path(run, last)
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    cfg = from_dict(ckpt["config"], source=f"config stored in '{path}'")
+    if data is not None:
+        cfg.data.name = data
+    dev = resolve_device(device)
+    amp_dtype = resolve_amp(cfg.amp, dev)
+    bundle = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
+                          digits_size=meta["img_size"])
+    if bundle.num_classes != meta["num_classes"]:
+        raise CheckpointError(f"'{path}' predicts {meta['num_classes']} classes but dataset "
+                              f"'{cfg.data.name}' has {bundle.num_classes}")
+    if meta["role"] == "student":
+        model = build_student(cfg, meta["num_classes"])
+    else:
+        model = create_cnn(meta["model_name"], meta["num_classes"],
+                           small_stem=meta.get("small_stem", False),
+                           **meta.get("model_overrides", {}))
+    _load_into(model, ckpt["model"], path)
+    model.to(dev)
+
+    t = None
+    run_dir = path.parent
+    if teacher is None and meta["role"] == "student":
+        if (run_dir / "teacher" / "checkpoint-best.pt").is_file():
+            teacher = str(run_dir / "teacher")
+        elif cfg.teacher.name is not None:
+            teacher, teacher_weights = cfg.teacher.name, teacher_weights or cfg.teacher.weights
+    if teacher is not None:
+        t = create_teacher(teacher, num_classes=bundle.num_classes, weights=teacher_weights)
+        t.set_student_norm(meta["mean"], meta["std"])
+        t.to(dev)
+    val = bundle.val.with_transform(build_eval_transform(cfg.aug, meta["img_size"], meta["mean"],
+                                                         meta["std"]))
+    loader = torch.utils.data.DataLoader(val, batch_size=cfg.data.eval_batch_size,
+                                         num_workers=cfg.data.num_workers)
+    res = evaluate(model, loader, dev, t, fusion or cfg.distill.fusion, amp_dtype, progress=True)
+    res.update({"checkpoint": str(path), "epoch": ckpt.get("epoch"), "dataset": cfg.data.name,
+                "split": bundle.val_split, "teacher": teacher, "fusion": fusion or cfg.distill.fusion})
+    return res
+
+
+def format_eval(res: dict) -> str:
+    lines = [f"{res['checkpoint']} (epoch {res['epoch']}) on {res['dataset']} {res['split']} "
+             f"({res['eval_images']} images), fusion {res['fusion']}"]
+    for k in ("cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
+              "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
+              "student_teacher_agreement"):
+        v = res.get(k)
+        if v is not None:
+            lines.append(f"  {k:<28}{v:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,6 @@
+"""Student and teacher factories."""
+from .student import DEIT_NAMES, StudentOutput, create_student, has_dist_token, student_forward
+from .teacher import Teacher, create_teacher, create_cnn
+
+__all__ = ["DEIT_NAMES", "StudentOutput", "create_student", "has_dist_token", "student_forward",
+           "Teacher", "create_teacher", "create_cnn"]

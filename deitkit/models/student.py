@@ -1,0 +1,73 @@
+"""DeiT students, built by timm, with the overrides that make small images work."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import timm
+import torch
+from torch import nn
+
+DEIT_NAMES = tuple(
+    f"deit_{size}{'_distilled' if dist else ''}_patch16_{res}"
+    for size in ("tiny", "small", "base") for dist in (False, True) for res in (224, 384)
+)
+
+
+class StudentOutput(NamedTuple):
+    cls_logits: torch.Tensor          # [B, C]
+    dist_logits: Optional[torch.Tensor]  # [B, C], None without a distillation token
+    cls_token: torch.Tensor           # [B, D] final (normed) class-token representation
+    dist_token: Optional[torch.Tensor]  # [B, D]
+
+
+def has_dist_token(model: nn.Module) -> bool:
+    return hasattr(model, "dist_token") and hasattr(model, "head_dist")
+
+
+def create_student(name: str, num_classes: int = 1000, img_size: Optional[int] = None,
+                   patch_size: Optional[int] = None, drop_path_rate: float = 0.1,
+                   **overrides) -> nn.Module:
+    """Build a DeiT student with timm (`VisionTransformerDistilled` for `*_distilled_*`).
+
+    img_size / patch_size / num_classes / drop_path_rate override the named architecture, so
+    `create_student("deit_tiny_distilled_patch16_224", num_classes=10, img_size=32,
+    patch_size=4)` gives a 64-patch tiny DeiT for CIFAR. Further keyword arguments go to the
+    timm constructor (e.g. depth=6). Weights are randomly initialised (no download).
+    """
+    if not name.startswith("deit"):
+        raise ValueError(f"unknown student '{name}': expected a DeiT name, one of "
+                         f"{', '.join(DEIT_NAMES)}")
+    kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, **overrides)
+    timm_name = name
+    if name not in timm.list_models("deit*"):
+        if name not in DEIT_NAMES:
+            raise ValueError(f"unknown student '{name}': timm has no such model. DeiT names: "
+                             f"{', '.join(DEIT_NAMES)}")
+        # timm registers only DeiT-B at 384; tiny/small at 384 are the 224 architectures at
+        # 384 px (the paper's fine-tuning resolution), built from the 224 entry.
+        timm_name = name.replace("_384", "_224")
+        kwargs["img_size"] = 384
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if patch_size is not None:
+        kwargs["patch_size"] = patch_size
+    size = kwargs.get("img_size", 224)
+    patch = kwargs.get("patch_size", 16)
+    if size % patch:
+        raise ValueError(f"img_size {size} is not a multiple of patch_size {patch}")
+    model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    if has_dist_token(model):
+        model.set_distilled_training(True)
+    return model
+
+
+def student_forward(model: nn.Module, x: torch.Tensor) -> StudentOutput:
+    """Both heads and both token representations in one pass."""
+    tokens = model.forward_features(x)                         # [B, N, D], after the final norm
+    if has_dist_token(model):
+        cls_tok, dist_tok = tokens[:, 0], tokens[:, 1]         # [B, D] each
+        cls_logits = model.head(model.head_drop(cls_tok))
+        dist_logits = model.head_dist(model.head_drop(dist_tok))
+        return StudentOutput(cls_logits, dist_logits, cls_tok, dist_tok)
+    pooled = model.forward_head(tokens, pre_logits=True)       # [B, D]
+    return StudentOutput(model.head(pooled), None, pooled, None)

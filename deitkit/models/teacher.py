@@ -1,0 +1,184 @@
+"""Teachers: any timm or torchvision classifier, from local weights or a deitkit run folder.
+
+The teacher is wrapped in `Teacher`, which keeps it in eval mode without gradients (it never
+joins the optimiser), and re-normalises the student's input when the teacher was trained with
+another mean/std.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import timm
+import torch
+import torchvision
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from ..checkpoint import CheckpointError, load_checkpoint, load_state_file
+
+
+class Teacher(nn.Module):
+    """A frozen classifier that reads student-normalised images."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 name: str = "", num_classes: Optional[int] = None):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.num_classes = num_classes
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.model.requires_grad_(False)
+        self.register_buffer("scale", torch.ones(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.zeros(1, 3, 1, 1), persistent=False)
+        self.renormalize = False
+        self.eval()
+
+    def set_student_norm(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """x_teacher = (x * s_std + s_mean - t_mean) / t_std, when the two differ."""
+        s_m, s_s = torch.tensor(mean), torch.tensor(std)
+        t_m, t_s = torch.tensor(self.mean), torch.tensor(self.std)
+        self.renormalize = not (torch.allclose(s_m, t_m) and torch.allclose(s_s, t_s))
+        self.scale.copy_((s_s / t_s).view(1, 3, 1, 1))
+        self.shift.copy_(((s_m - t_m) / t_s).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)  # a teacher is always in eval mode
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renormalize:
+            x = x * self.scale + self.shift
+        return self.model(x)
+
+
+def create_cnn(name: str, num_classes: int, small_stem: bool = False, **overrides) -> nn.Module:
+    """A timm or torchvision classifier by name (random init).
+
+    small_stem: replace a ResNet's 7x7/2 stem and max-pool by a 3x3/1 convolution (the usual
+    CIFAR ResNet). timm has no switch for this, hence the two lines below.
+    """
+    if name in timm.list_models():
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **overrides)
+    elif name in torchvision.models.list_models(module=torchvision.models):
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes,
+                                             **overrides)
+    else:
+        raise ValueError(f"unknown model '{name}': not a timm or torchvision classifier "
+                         "(see timm.list_models() and torchvision.models.list_models())")
+    if small_stem:
+        if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
+            raise ValueError(f"small_stem applies to ResNet-style models; '{name}' has no "
+                             "conv1/maxpool")
+        width = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _model_norm(model: nn.Module) -> tuple[tuple, tuple]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
+
+
+def _from_deitkit_checkpoint(path: Path, num_classes: Optional[int]) -> Teacher:
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    if meta.get("role") == "student":
+        from .student import create_student  # a distilled DeiT can teach too
+        model = create_student(meta["model_name"], num_classes=meta["num_classes"],
+                               img_size=meta["img_size"], patch_size=meta.get("patch_size"),
+                               **meta.get("model_overrides", {}))
+        if hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(False)  # eval forward fuses the heads
+    else:
+        model = create_cnn(meta["model_name"], meta["num_classes"],
+                           small_stem=meta.get("small_stem", False),
+                           **meta.get("model_overrides", {}))
+    _load_into(model, ckpt["model"], path)
+    _check_classes(meta["num_classes"], num_classes, path)
+    return Teacher(model, meta["mean"], meta["std"], name=meta["model_name"],
+                   num_classes=meta["num_classes"])
+
+
+def _check_classes(teacher_classes: int, dataset_classes: Optional[int], where) -> None:
+    if dataset_classes is not None and teacher_classes != dataset_classes:
+        raise ValueError(f"teacher {where} predicts {teacher_classes} classes but the dataset has "
+                         f"{dataset_classes}; train a teacher on this dataset "
+                         "(`deitkit teacher --data ...`) or pick one with matching classes")
+
+
+def _load_into(model: nn.Module, state: dict, path) -> None:
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(f"weights in '{path}' do not fit the model: '{k}' has shape "
+                                  f"{tuple(v.shape)}, the model expects {tuple(own[k].shape)} "
+                                  "(a different class count or architecture?)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"weights in '{path}' do not fit the model: missing keys "
+                              f"{missing[:5]}, unexpected keys {unexpected[:5]}")
+
+
+def create_teacher(name_or_path: str, num_classes: Optional[int] = None,
+                   weights: Optional[str] = None, pretrained: bool = False) -> Teacher:
+    """A frozen teacher from a model name, a deitkit run folder or a deitkit checkpoint.
+
+    name_or_path: a timm/torchvision model name (random init unless `weights` or `pretrained`),
+      a folder made by `deitkit teacher`/`deitkit train` (its best checkpoint), or a `.pt`
+      deitkit checkpoint. `weights`: a local timm/torchvision/deitkit weights file, always read
+      with `weights_only=True`. `pretrained`: download hub weights (needs the internet).
+    Raises ValueError when the teacher's class count differs from `num_classes`.
+    """
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        for cand in ("checkpoint-best.pt", "checkpoint-last.pt"):
+            if (p / cand).is_file():
+                return _from_deitkit_checkpoint(p / cand, num_classes)
+        raise CheckpointError(f"teacher folder '{p}' holds no checkpoint-best.pt or "
+                              "checkpoint-last.pt (is the teacher run finished?)")
+    if p.is_file():
+        return _from_deitkit_checkpoint(p, num_classes)
+    name = name_or_path
+    if num_classes is None:
+        raise ValueError("num_classes is needed to build a teacher by name")
+    model_classes = 1000 if (pretrained and not weights) else num_classes
+    try:
+        if pretrained and name in timm.list_models():
+            model = timm.create_model(name, pretrained=True)
+        elif pretrained:
+            model = torchvision.models.get_model(name, weights="DEFAULT")
+        else:
+            model = create_cnn(name, model_classes)
+    except (OSError, RuntimeError) as e:  # hub download failures (offline, proxy, ...)
+        if pretrained:
+            raise CheckpointError(
+                f"could not download pretrained weights for teacher '{name}' ({e}). Offline? "
+                "Save them on a connected machine and pass --teacher-weights FILE") from None
+        raise
+    if weights:
+        _load_into(model, load_state_file(weights), weights)
+    out = _num_outputs(model)
+    _check_classes(out, num_classes, f"'{name}'" + (f" with weights '{weights}'" if weights else ""))
+    mean, std = _model_norm(model)
+    return Teacher(model, mean, std, name=name, num_classes=out)
+
+
+def _num_outputs(model: nn.Module) -> int:
+    if hasattr(model, "num_classes") and isinstance(model.num_classes, int):
+        return model.num_classes
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64))
+    model.train(was)
+    return out.shape[-1]
+
+
+def read_run_summary(folder: str | Path) -> dict:
+    f = Path(folder) / "summary.json"
+    return json.loads(f.read_text()) if f.is_file() else {}

@@ -1,0 +1,1 @@
+"""Named recipes: YAML files read by `deitkit.config.build_config`."""

@@ -1,0 +1,324 @@
+"""Wiring of one run: data, models, optimiser, schedule, EMA, checkpoints, metrics.
+
+`train(cfg)` trains a DeiT student (first training a CNN teacher when distillation needs one
+and none is given); `train_teacher(cfg)` trains a CNN on its own. Both write a run folder:
+
+    config.yaml          the resolved configuration
+    metrics.jsonl        one JSON object per epoch
+    checkpoint-last.pt   after every epoch (atomic)
+    checkpoint-best.pt   best fused top-1 so far (atomic)
+    summary.json         final metrics and wall time
+    teacher/             the CNN teacher's own run folder, when it was trained here
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_save, atomic_write_text
+from .config import ConfigError, TrainConfig, build_config, dump_yaml, to_dict
+from .data import (DatasetBundle, RepeatedAugSampler, build_eval_transform, build_mixer,
+                   build_train_transform, load_dataset)
+from .distill import DistillationLoss
+from .engine import evaluate, train_one_epoch
+from .models import Teacher, create_cnn, create_student, create_teacher, has_dist_token
+
+SUMMARY_KEYS = ("cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
+                "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
+                "student_teacher_agreement")
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but no CUDA GPU is available")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32 (None)."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("amp=fp16 needs a GPU; use amp=bf16 or amp=off on a CPU")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_out(cfg: TrainConfig, role: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.recipe.name or role}-{stamp}"
+
+
+def global_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    """The DeiT linear scaling rule, unless an absolute lr is given."""
+    if cfg.optim.lr is not None:
+        return cfg.optim.lr
+    return cfg.optim.base_lr * cfg.data.batch_size * world_size / cfg.optim.lr_batch_divisor
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device):
+    mean, std = cfg.data.mean, cfg.data.std
+    train_ds = bundle.train.with_transform(
+        build_train_transform(cfg.aug, cfg.data.img_size, mean, std))
+    val_ds = bundle.val.with_transform(build_eval_transform(cfg.aug, cfg.data.img_size, mean, std))
+    n = len(train_ds)
+    if cfg.data.batch_size > n:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
+                          f"({n} images); lower data.batch_size")
+    g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.aug.repeated_aug > 1:
+        sampler = RepeatedAugSampler(n, cfg.aug.repeated_aug, seed=cfg.seed)
+    else:
+        sampler = RandomSampler(train_ds, generator=g)
+    common = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                  persistent_workers=cfg.data.num_workers > 0, worker_init_fn=_worker_init)
+    train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler,
+                              drop_last=True, generator=g, **common)
+    val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size,
+                            sampler=SequentialSampler(val_ds), **common)
+    return train_loader, val_loader
+
+
+def _meta(cfg: TrainConfig, role: str, bundle: DatasetBundle) -> dict:
+    return {"role": role, "model_name": cfg.model.name, "num_classes": bundle.num_classes,
+            "classes": list(bundle.classes), "img_size": cfg.data.img_size,
+            "patch_size": cfg.model.patch_size, "small_stem": cfg.model.small_stem,
+            "model_overrides": dict(cfg.model.overrides), "mean": list(cfg.data.mean),
+            "std": list(cfg.data.std), "dataset": bundle.name, "fusion": cfg.distill.fusion,
+            "deitkit_format": 1}
+
+
+def build_student(cfg: TrainConfig, num_classes: int):
+    return create_student(cfg.model.name, num_classes=num_classes, img_size=cfg.data.img_size,
+                          patch_size=cfg.model.patch_size, drop_path_rate=cfg.model.drop_path,
+                          **cfg.model.overrides)
+
+
+def check_distillable(cfg: TrainConfig, model) -> None:
+    if cfg.distill.kind != "none" and cfg.distill.heads != "cls" and not has_dist_token(model):
+        raise ConfigError(
+            f"distill.kind={cfg.distill.kind} needs a student with a distillation token, but "
+            f"'{cfg.model.name}' has none: use '{cfg.model.name.replace('_patch', '_distilled_patch')}'"
+            " or set distill.kind=none")
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher
+
+def teacher_config_for(cfg: TrainConfig, out: Path) -> TrainConfig:
+    """The CNN-teacher run that a student run needs: same data, split and seed."""
+    tcfg = build_config(cfg.teacher.train_recipe, overrides=list(cfg.teacher.train_overrides))
+    for key in ("name", "root", "download", "img_size", "train_fraction", "fraction_seed",
+                "num_workers", "mean", "std"):
+        setattr(tcfg.data, key, copy.deepcopy(getattr(cfg.data, key)))
+    tcfg.model.name = cfg.teacher.train_model
+    if cfg.teacher.train_epochs is not None:
+        tcfg.epochs = cfg.teacher.train_epochs
+    tcfg.seed, tcfg.amp, tcfg.device, tcfg.progress = cfg.seed, cfg.amp, cfg.device, cfg.progress
+    tcfg.out = str(out)
+    return tcfg
+
+
+def resolve_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
+                    log=print) -> Optional[Teacher]:
+    """The frozen teacher for a student run, or None when the objective needs none."""
+    if cfg.distill.kind == "none" and cfg.teacher.name is None:
+        return None
+    if cfg.teacher.name is not None:
+        teacher = create_teacher(cfg.teacher.name, num_classes=bundle.num_classes,
+                                 weights=cfg.teacher.weights, pretrained=cfg.teacher.pretrained)
+    else:
+        tdir = out / "teacher"
+        if (tdir / "summary.json").is_file() and (tdir / "checkpoint-best.pt").is_file():
+            log(f"reusing the teacher trained earlier in {tdir}")
+        else:
+            tcfg = teacher_config_for(cfg, tdir)
+            log(f"no teacher given: training a {tcfg.model.name} teacher for {tcfg.epochs} epochs "
+                f"(recipe {cfg.teacher.train_recipe}) into {tdir}")
+            train_teacher(tcfg, bundle=bundle)
+        teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
+    teacher.set_student_norm(cfg.data.mean, cfg.data.std)
+    return teacher
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log=print) -> dict:
+    """Train one model (role 'student' or 'teacher') and write its run folder."""
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    out = Path(cfg.out) if cfg.out else default_out(cfg, role)
+    cfg.out = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+
+    if bundle is None:
+        bundle = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
+                              cfg.data.train_fraction, cfg.data.fraction_seed,
+                              digits_size=cfg.data.img_size)
+    train_loader, val_loader = build_loaders(cfg, bundle, device)
+
+    if role == "student":
+        model = build_student(cfg, bundle.num_classes)
+        check_distillable(cfg, model)
+        teacher = resolve_teacher(cfg, bundle, out, log=log)
+        seed_everything(cfg.seed)  # same student stream whether or not a teacher was trained
+        criterion = DistillationLoss(cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau,
+                                     cfg.distill.kl_norm, cfg.distill.heads, cfg.aug.smoothing)
+    else:
+        model = create_cnn(cfg.model.name, bundle.num_classes, small_stem=cfg.model.small_stem,
+                           **cfg.model.overrides)
+        teacher = None
+        criterion = DistillationLoss("none", heads="cls", smoothing=cfg.aug.smoothing)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+
+    lr = global_lr(cfg)
+    optimizer = create_optimizer_v2(model, opt=cfg.optim.opt, lr=lr,
+                                    weight_decay=cfg.optim.weight_decay,
+                                    momentum=cfg.optim.momentum, filter_bias_and_bn=True)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=cfg.optim.sched, num_epochs=cfg.epochs,
+        warmup_epochs=min(cfg.optim.warmup_epochs, cfg.epochs - 1), warmup_lr=cfg.optim.warmup_lr,
+        min_lr=cfg.optim.min_lr, step_on_epochs=False, updates_per_epoch=len(train_loader))
+    ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    mixer = build_mixer(cfg.aug, bundle.num_classes)
+    meta = _meta(cfg, role, bundle)
+
+    atomic_write_text(dump_yaml(cfg), out / "config.yaml")
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{role} {cfg.model.name}: {n_params / 1e6:.2f} M parameters, {len(bundle.train)} train / "
+        f"{len(bundle.val)} {bundle.val_split} images, {bundle.num_classes} classes, "
+        f"{cfg.data.img_size} px, lr {lr:.2e}, amp {amp_dtype or 'off'}, device {device}, "
+        f"run folder {out}")
+
+    best, best_epoch, last_eval = -1.0, -1, {}
+    epochs = tqdm(range(cfg.epochs), desc=f"{role}", disable=not cfg.progress, dynamic_ncols=True)
+    for epoch in epochs:
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        if teacher is not None:
+            teacher.eval()
+        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, epoch,
+                                scheduler=scheduler, mixer=mixer, teacher=teacher, ema=ema,
+                                scaler=scaler, amp_dtype=amp_dtype, clip_grad=cfg.optim.clip_grad,
+                                progress=cfg.progress)
+        record = {"epoch": epoch + 1, **stats}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            last_eval = evaluate(model, val_loader, device, teacher, cfg.distill.fusion, amp_dtype)
+            record.update(last_eval)
+            if ema is not None:
+                ema_eval = evaluate(ema.module, val_loader, device, None, cfg.distill.fusion,
+                                    amp_dtype)
+                record["ema_fused_top1"] = ema_eval["fused_top1"]
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        state = {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1,
+                 "config": to_dict(cfg), "metrics": record,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "ema": ema.module.state_dict() if ema is not None else None}
+        atomic_save(state, out / "checkpoint-last.pt")
+        if "fused_top1" in record and record["fused_top1"] > best:
+            best, best_epoch = record["fused_top1"], epoch + 1
+            atomic_save({"model": model.state_dict(), "meta": meta, "epoch": epoch + 1,
+                         "config": to_dict(cfg), "metrics": record}, out / "checkpoint-best.pt")
+        epochs.set_postfix(loss=f"{stats['train_loss']:.3f}",
+                           acc=f"{record.get('fused_top1', float('nan')):.3f}")
+    epochs.close()
+
+    summary = {k: last_eval.get(k) for k in SUMMARY_KEYS}
+    summary.update({"role": role, "model": cfg.model.name, "dataset": bundle.name,
+                    "epochs": cfg.epochs, "best_fused_top1": best, "best_epoch": best_epoch,
+                    "train_images": len(bundle.train), "eval_images": last_eval.get("eval_images"),
+                    "ema_fused_top1": record.get("ema_fused_top1"),
+                    "parameters": n_params, "wall_seconds": time.perf_counter() - t_start,
+                    "run_dir": str(out)})
+    if role == "teacher":  # a teacher's accuracy is its own
+        summary["teacher_top1"] = summary["fused_top1"]
+        summary["teacher_top5"] = summary["fused_top5"]
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
+    return summary
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train a DeiT student (and, if needed, its CNN teacher first); return the summary."""
+    t0 = time.perf_counter()
+    summary = fit(cfg, "student", log=log)
+    tsum = Path(summary["run_dir"]) / "teacher" / "summary.json"
+    if tsum.is_file():
+        summary["teacher_wall_seconds"] = json.loads(tsum.read_text())["wall_seconds"]
+    summary["wall_seconds"] = time.perf_counter() - t0
+    atomic_write_text(json.dumps(summary, indent=2) + "\n",
+                      Path(summary["run_dir"]) / "summary.json")
+    return summary
+
+
+def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log=print) -> dict:
+    """Train a CNN teacher on its own (the offline route to a teacher)."""
+    return fit(cfg, "teacher", bundle=bundle, log=log)
+
+
+def format_summary(summary: dict) -> str:
+    """A small aligned table of the final metrics."""
+    rows = [("class head top-1", "cls_top1"), ("distillation head top-1", "dist_top1"),
+            ("fused top-1", "fused_top1"), ("fused top-5", "fused_top5"),
+            ("head agreement", "head_agreement"), ("token cosine", "token_cosine"),
+            ("teacher top-1", "teacher_top1"),
+            ("student-teacher agreement", "student_teacher_agreement"),
+            ("EMA fused top-1", "ema_fused_top1"), ("best fused top-1", "best_fused_top1")]
+    lines = [f"{'metric':<28}{'value':>10}", "-" * 38]
+    for label, key in rows:
+        v = summary.get(key)
+        if v is None:
+            continue
+        lines.append(f"{label:<28}{v * 100 if key != 'token_cosine' else v:>9.2f}"
+                     f"{'%' if key != 'token_cosine' else ' '}")
+    lines.append(f"{'wall time':<28}{summary['wall_seconds']:>9.1f}s")
+    lines.append(f"run folder: {summary['run_dir']}")
+    return "\n".join(lines)
