@@ -56,7 +56,7 @@ def test_overrides_are_typed():
 ])
 def test_config_errors_name_the_key(override, words):
     with pytest.raises(ConfigError) as e:
-        build_config("quickstart", overrides=[override])
+        build_config("small-data-cpu", overrides=[override])
     for w in words:
         assert w in str(e.value)
 

@@ -1,0 +1,82 @@
+"""The README main command in a fast form, and the other subcommands on its output."""
+import json
+
+import pytest
+import torch
+
+from deitkit.cli import main
+
+FAST = ["--epochs", "2", "--no-progress", "teacher.train_epochs=1",
+        "model.overrides={depth: 1}", "data.train_fraction=0.2"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_train_writes_the_run_folder(run_dir, capsys):
+    for f in ("config.yaml", "metrics.jsonl", "checkpoint-last.pt", "checkpoint-best.pt",
+              "summary.json", "teacher/summary.json", "teacher/checkpoint-best.pt"):
+        assert (run_dir / f).is_file(), f
+    s = json.loads((run_dir / "summary.json").read_text())
+    for k in ("cls_top1", "dist_top1", "fused_top1", "head_agreement", "teacher_top1"):
+        assert 0.0 <= s[k] <= 1.0, k
+    assert s["wall_seconds"] > 0 and s["epochs"] == 2
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rec = json.loads(lines[-1])
+    for k in ("train_loss", "train_base_loss", "train_distill_loss", "lr", "train_top1",
+              "token_cosine", "student_teacher_agreement", "epoch_seconds", "images_per_second"):
+        assert k in rec, k
+    assert len(lines) == 2
+    teacher = json.loads((run_dir / "teacher" / "summary.json").read_text())
+    assert s["teacher_top1"] == pytest.approx(teacher["fused_top1"])  # the same teacher
+
+
+def test_eval_reproduces_the_summary(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run_dir), "--last", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    s = json.loads((run_dir / "summary.json").read_text())
+    for k in ("cls_top1", "dist_top1", "fused_top1", "head_agreement", "teacher_top1"):
+        assert res[k] == pytest.approx(s[k]), k
+    assert "fused_top1" in capsys.readouterr().out
+    assert main(["eval", str(run_dir), "--fusion", "probs", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["fusion"] == "probs"
+
+
+def test_train_with_a_teacher_folder_and_export(run_dir, tmp_path):
+    out = tmp_path / "student2"
+    assert main(["train", "--out", str(out), "--teacher", str(run_dir / "teacher"), *FAST,
+                 "distill.kind=soft", "distill.tau=2"]) == 0
+    assert not (out / "teacher").exists()
+    st = tmp_path / "m.safetensors"
+    assert main(["export", str(out), str(st)]) == 0
+    from safetensors.torch import load_file
+    w = load_file(str(st))
+    ref = torch.load(out / "checkpoint-best.pt", weights_only=True)["model"]
+    assert set(w) == set(ref) and torch.equal(w["head_dist.weight"], ref["head_dist.weight"])
+    assert json.loads(st.with_suffix(".json").read_text())["model_name"].startswith("deit_tiny")
+
+
+def test_teacher_command(tmp_path):
+    out = tmp_path / "t"
+    assert main(["teacher", "--out", str(out), "--epochs", "1", "--no-progress",
+                 "--data", "digits", "data.train_fraction=0.2"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["role"] == "teacher" and 0 <= s["teacher_top1"] <= 1
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["train", "--dry-run", "distill.kidn=soft"]) == 2
+    assert "unknown key 'distill.kidn'" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "x"), "--no-progress",
+                 "model.name=deit_tiny_patch16_224"]) == 2
+    assert "distillation token" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "y"), "--no-progress",
+                 "--teacher", "resnet18", "--teacher-weights", str(tmp_path / "none.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--dry-run", "--data", "cifar10", "--epochs", "3"]) == 0
+    assert "name: cifar10" in capsys.readouterr().out

@@ -1,0 +1,75 @@
+"""The training step on toy models: the teacher stays frozen, metrics are what they claim."""
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from deitkit import DistillationLoss, create_student
+from deitkit.engine import NonFiniteLossError, evaluate, train_one_epoch
+from deitkit.models import Teacher, create_cnn
+
+
+def _toy(n=32, C=4, size=16):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _student(C=4):
+    return create_student("deit_tiny_distilled_patch16_224", num_classes=C, img_size=16,
+                          patch_size=8, depth=2)
+
+
+def test_teacher_is_frozen_and_outside_the_optimizer():
+    torch.manual_seed(0)
+    cnn = create_cnn("resnet18", 4)
+    teacher = Teacher(cnn, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = _student()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not ids & {id(p) for p in teacher.parameters()}
+    w0 = student.head_dist.weight.clone()
+    stats = train_one_epoch(student, DistillationLoss("hard"), _toy(), opt, torch.device("cpu"),
+                            0, teacher=teacher, progress=False)
+    for k, v in teacher.state_dict().items():  # weights and BatchNorm running stats
+        assert torch.equal(v, before[k]), k
+    assert not teacher.training
+    assert not torch.equal(w0, student.head_dist.weight)
+    assert stats["train_distill_loss"] > 0 and 0 <= stats["train_top1"] <= 1
+
+
+def test_non_finite_loss_stops_with_epoch_and_step():
+    student = _student()
+    with torch.no_grad():
+        student.head.weight.fill_(float("nan"))
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 3, step 1: loss=nan"):
+        train_one_epoch(student, DistillationLoss("none"), _toy(), opt, torch.device("cpu"), 2,
+                        progress=False)
+
+
+def test_evaluate_metrics_agree_with_direct_computation():
+    torch.manual_seed(0)
+    student = _student().eval()
+    loader = _toy(n=40)
+    teacher = Teacher(create_cnn("resnet18", 4), [0.5] * 3, [0.5] * 3)
+    res = evaluate(student, loader, torch.device("cpu"), teacher, "logits")
+    x, y = loader.dataset.tensors
+    from deitkit import student_forward
+    with torch.no_grad():
+        out = student_forward(student, x)
+        t = teacher(x)
+    fused = (out.cls_logits + out.dist_logits) / 2
+    assert res["cls_top1"] == pytest.approx((out.cls_logits.argmax(1) == y).float().mean().item())
+    assert res["dist_top1"] == pytest.approx((out.dist_logits.argmax(1) == y).float().mean().item())
+    assert res["fused_top1"] == pytest.approx((fused.argmax(1) == y).float().mean().item())
+    assert res["head_agreement"] == pytest.approx(
+        (out.cls_logits.argmax(1) == out.dist_logits.argmax(1)).float().mean().item())
+    cos = torch.nn.functional.cosine_similarity(out.cls_token, out.dist_token).mean().item()
+    assert res["token_cosine"] == pytest.approx(cos, abs=1e-5)
+    assert res["teacher_top1"] == pytest.approx((t.argmax(1) == y).float().mean().item())
+    assert res["student_teacher_agreement"] == pytest.approx(
+        (fused.argmax(1) == t.argmax(1)).float().mean().item())
+    assert res["fused_top5"] == 1.0  # 4 classes: top-5 covers them all
+    assert res["eval_images"] == 40
