@@ -306,12 +306,16 @@ def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log=
 
 def format_summary(summary: dict) -> str:
     """A small aligned table of the final metrics."""
-    rows = [("class head top-1", "cls_top1"), ("distillation head top-1", "dist_top1"),
-            ("fused top-1", "fused_top1"), ("fused top-5", "fused_top5"),
-            ("head agreement", "head_agreement"), ("token cosine", "token_cosine"),
-            ("teacher top-1", "teacher_top1"),
-            ("student-teacher agreement", "student_teacher_agreement"),
-            ("EMA fused top-1", "ema_fused_top1"), ("best fused top-1", "best_fused_top1")]
+    if summary.get("role") == "teacher":
+        rows = [("top-1", "fused_top1"), ("top-5", "fused_top5"),
+                ("best top-1", "best_fused_top1")]
+    else:
+        rows = [("class head top-1", "cls_top1"), ("distillation head top-1", "dist_top1"),
+                ("fused top-1", "fused_top1"), ("fused top-5", "fused_top5"),
+                ("head agreement", "head_agreement"), ("token cosine", "token_cosine"),
+                ("teacher top-1", "teacher_top1"),
+                ("student-teacher agreement", "student_teacher_agreement"),
+                ("EMA fused top-1", "ema_fused_top1"), ("best fused top-1", "best_fused_top1")]
     lines = [f"{'metric':<28}{'value':>10}", "-" * 38]
     for label, key in rows:
         v = summary.get(key)
