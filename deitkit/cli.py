@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, build_config, dump_yaml, list_recipes, recipe_dict
+from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from_dict,
+                     list_recipes, load_yaml_file, recipe_dict, validate)
 from .data import DataError
 from .engine import NonFiniteLossError
 
@@ -17,7 +18,8 @@ EPILOG = ("Any config key can be set as key=value after the options, e.g. "
 
 
 def _common(p: argparse.ArgumentParser, recipe: str) -> None:
-    p.add_argument("--recipe", default=recipe, help=f"named recipe (default: {recipe})")
+    p.add_argument("--recipe", help=f"named recipe (default: {recipe})")
+    p.set_defaults(default_recipe=recipe)
     p.add_argument("--config", help="YAML file applied on top of the recipe")
     p.add_argument("--data", help="digits, cifar10, cifar100, mnist, fashion-mnist, or an "
                                   "ImageFolder path (train/ plus val/ or test/)")
@@ -41,10 +43,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher: timm/torchvision name, deitkit run folder or "
                                      "checkpoint (default: train a CNN teacher first)")
     p.add_argument("--teacher-weights", help="local weights file for --teacher")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from its last checkpoint, exactly")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept configuration changes")
 
     p = sub.add_parser("teacher", help="train a CNN teacher on a dataset", epilog=EPILOG)
     _common(p, "cnn-teacher")
     p.add_argument("--model", help="timm/torchvision CNN name (default: recipe's resnet18)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept configuration changes")
 
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
     p.add_argument("run", help="run folder (uses checkpoint-best.pt) or checkpoint file")
@@ -85,7 +94,18 @@ def _config_from(args):
         if k in ("data.name", "out", "teacher.name", "teacher.weights", "model.name", "device"):
             o = f"{k}={json.dumps(v)}"
         fixed.append(o)
-    return build_config(args.recipe, args.config, fixed + args.overrides)
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "checkpoint-last.pt").is_file():
+            raise ConfigError(f"cannot resume '{run}': it holds no checkpoint-last.pt")
+        fixed.append(f"out={json.dumps(str(run))}")
+        if not (args.recipe or args.config):  # the stored config, plus what is given here
+            cfg = from_dict(load_yaml_file(run / "config.yaml"),
+                            source=f"config file '{run / 'config.yaml'}'")
+            apply_overrides(cfg, fixed + args.overrides)
+            validate(cfg)
+            return cfg
+    return build_config(args.recipe or args.default_recipe, args.config, fixed + args.overrides)
 
 
 def cmd_recipes() -> int:
@@ -124,7 +144,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         from .train import format_summary, train, train_teacher
-        summary = train(cfg) if args.command == "train" else train_teacher(cfg)
+        fn = train if args.command == "train" else train_teacher
+        summary = fn(cfg, resume=bool(args.resume), force=args.force)
         print(format_summary(summary))
         return 0
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError) as e:

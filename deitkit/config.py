@@ -61,6 +61,10 @@ class DataConfig:
     """Evaluation batch size per process."""
     num_workers: int = 2
     """DataLoader worker processes (0 loads in the main process)."""
+    on_bad_image: str = "error"
+    """An unreadable image file: `error` (stop, naming the file) or `skip` (use the next
+    readable image instead; skipped files are listed in RUN/skipped_images.txt and counted in
+    the metrics)."""
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     """Per-channel normalisation mean (ImageNet's, as DeiT)."""
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -226,6 +230,11 @@ class TrainConfig:
     """Evaluate every N epochs (and always after the last)."""
     progress: bool = True
     """Show progress bars."""
+    nonfinite: str = "error"
+    """A NaN/inf loss: `error` (stop with the epoch, step and loss parts; the last good
+    checkpoint stays) or `skip` (drop that step, count it; for rare fp16/bf16 overflows)."""
+    max_skipped_steps: int = 20
+    """With nonfinite=skip, stop anyway after this many skipped steps in one epoch."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +395,8 @@ _CHOICES = {
     "distill.heads": ("both", "cls", "dist"),
     "distill.fusion": ("logits", "probs"),
     "amp": ("auto", "bf16", "fp16", "off"),
+    "nonfinite": ("error", "skip"),
+    "data.on_bad_image": ("error", "skip"),
 }
 
 

@@ -37,8 +37,10 @@ def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optim
                     device: torch.device, epoch: int, scheduler=None, mixer=None,
                     teacher: Optional[Teacher] = None, ema=None, scaler=None,
                     amp_dtype: Optional[torch.dtype] = None, clip_grad: Optional[float] = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, nonfinite: str = "error",
+                    max_skipped_steps: int = 20) -> dict:
     model.train()
+    skipped = 0
     n_steps = len(loader)
     sums = torch.zeros(4, device=device)   # loss, base_loss, distill_loss, correct (summed)
     seen, t0 = 0, time.perf_counter()
@@ -59,9 +61,17 @@ def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optim
                               targets, None if teacher_logits is None else teacher_logits.float())
         loss = parts["loss"]
         if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch + 1}, step {step + 1}: " +
-                ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
+            what = (f"non-finite loss at epoch {epoch + 1}, step {step + 1}: " +
+                    ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
+            skipped += 1
+            if nonfinite != "skip":
+                raise NonFiniteLossError(what + ". The last good checkpoint is intact; lower "
+                                         "the lr, set optim.clip_grad, or nonfinite=skip")
+            if skipped > max_skipped_steps:
+                raise NonFiniteLossError(f"{what}: {skipped} non-finite steps in this epoch, "
+                                         f"more than max_skipped_steps={max_skipped_steps}")
+            optimizer.zero_grad(set_to_none=True)
+            continue
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -94,7 +104,8 @@ def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optim
     s = (sums / max(seen, 1)).tolist()
     return {"train_loss": s[0], "train_base_loss": s[1], "train_distill_loss": s[2],
             "train_top1": s[3], "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": elapsed, "images_per_second": seen / elapsed}
+            "skipped_steps": skipped, "epoch_seconds": elapsed,
+            "images_per_second": seen / elapsed}
 
 
 def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from .config import from_dict
 from .data import build_eval_transform, load_dataset
 from .engine import evaluate
 from .models import create_teacher
-from .models.teacher import _load_into
+from .models.teacher import load_weights
 from .train import build_student, resolve_amp, resolve_device
 from .models import create_cnn
 
@@ -48,7 +48,7 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
         model = create_cnn(meta["model_name"], meta["num_classes"],
                            small_stem=meta.get("small_stem", False),
                            **meta.get("model_overrides", {}))
-    _load_into(model, ckpt["model"], path)
+    load_weights(model, ckpt["model"], path)
     model.to(dev)
 
     t = None

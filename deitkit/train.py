@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -25,16 +25,17 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save, atomic_write_text
+from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from .config import ConfigError, TrainConfig, build_config, dump_yaml, to_dict
 from .data import (DatasetBundle, RepeatedAugSampler, build_eval_transform, build_mixer,
                    build_train_transform, load_dataset)
 from .distill import DistillationLoss
 from .engine import evaluate, train_one_epoch
 from .models import Teacher, create_cnn, create_student, create_teacher, has_dist_token
+from .models.teacher import load_weights
 
 SUMMARY_KEYS = ("cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
                 "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
@@ -90,30 +91,28 @@ def global_lr(cfg: TrainConfig, world_size: int = 1) -> float:
     return cfg.optim.base_lr * cfg.data.batch_size * world_size / cfg.optim.lr_batch_divisor
 
 
-def _worker_init(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device):
+def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device,
+                  skip_log: Optional[Path] = None):
+    """Training loader over `SampleKey`s (replayable augmentation), evaluation loader."""
     mean, std = cfg.data.mean, cfg.data.std
     train_ds = bundle.train.with_transform(
-        build_train_transform(cfg.aug, cfg.data.img_size, mean, std))
-    val_ds = bundle.val.with_transform(build_eval_transform(cfg.aug, cfg.data.img_size, mean, std))
+        build_train_transform(cfg.aug, cfg.data.img_size, mean, std), seed=cfg.seed,
+        on_bad_image=cfg.data.on_bad_image, skip_log=str(skip_log) if skip_log else None)
+    val_ds = bundle.val.with_transform(build_eval_transform(cfg.aug, cfg.data.img_size, mean, std),
+                                       on_bad_image=cfg.data.on_bad_image,
+                                       skip_log=str(skip_log) if skip_log else None)
     n = len(train_ds)
     if cfg.data.batch_size > n:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                           f"({n} images); lower data.batch_size")
-    g = torch.Generator().manual_seed(cfg.seed)
-    if cfg.aug.repeated_aug > 1:
-        sampler = RepeatedAugSampler(n, cfg.aug.repeated_aug, seed=cfg.seed)
-    else:
-        sampler = RandomSampler(train_ds, generator=g)
+    # repeated_aug=1 is a plain seeded shuffle; the sampler depends on (seed, epoch) only
+    sampler = RepeatedAugSampler(n, cfg.aug.repeated_aug, seed=cfg.seed)
     common = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                  persistent_workers=cfg.data.num_workers > 0, worker_init_fn=_worker_init)
+                  persistent_workers=cfg.data.num_workers > 0,
+                  # a generator of its own, so the loader never draws from the global stream
+                  generator=torch.Generator().manual_seed(cfg.seed))
     train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler,
-                              drop_last=True, generator=g, **common)
+                              drop_last=True, **common)
     val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size,
                             sampler=SequentialSampler(val_ds), **common)
     return train_loader, val_loader
@@ -173,24 +172,100 @@ def resolve_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
             log(f"reusing the teacher trained earlier in {tdir}")
         else:
             tcfg = teacher_config_for(cfg, tdir)
-            log(f"no teacher given: training a {tcfg.model.name} teacher for {tcfg.epochs} epochs "
-                f"(recipe {cfg.teacher.train_recipe}) into {tdir}")
-            train_teacher(tcfg, bundle=bundle)
+            resume = (tdir / "checkpoint-last.pt").is_file()
+            log(f"no teacher given: {'resuming' if resume else 'training'} a {tcfg.model.name} "
+                f"teacher for {tcfg.epochs} epochs (recipe {cfg.teacher.train_recipe}) in {tdir}")
+            fit(tcfg, "teacher", bundle=bundle, log=log, resume=resume)
         teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
     teacher.set_student_norm(cfg.data.mean, cfg.data.std)
     return teacher
 
 
 # ---------------------------------------------------------------------------------------------
+# resume support: every random stream, as plain tensors (loadable with weights_only=True)
+
+def rng_state() -> dict:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                      int(np_state[3]), float(np_state[4])],
+            "python": [int(py[0]), torch.tensor(py[1], dtype=torch.int64), py[2]]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+
+
+# keys that may change on resume without changing the run's results
+RESUME_FREE_KEYS = ("out", "progress", "device", "data.num_workers", "data.root",
+                    "data.eval_batch_size")
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and k != "overrides":
+            keys += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def check_resume_config(stored: dict, cfg: TrainConfig, path: Path, force: bool) -> None:
+    changed = [k for k in config_diff(stored, to_dict(cfg))
+               if k not in RESUME_FREE_KEYS and not k.startswith("recipe.")]
+    if changed and not force:
+        raise ConfigError(
+            f"resuming '{path}' with a different configuration: {', '.join(changed)} differ from "
+            "the stored run. Resume without those changes, or pass --force to accept them "
+            "(the result is then no longer the same run)")
+
+
+# ---------------------------------------------------------------------------------------------
 # the run
 
-def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log=print) -> dict:
-    """Train one model (role 'student' or 'teacher') and write its run folder."""
+def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
+    """Metric lines of epochs <= upto_epoch (a torn or later line from a crash is dropped)."""
+    keep = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= upto_epoch:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+    return keep
+
+
+def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log=print,
+        resume: bool = False, force: bool = False) -> dict:
+    """Train one model (role 'student' or 'teacher') and write its run folder.
+
+    resume: continue `cfg.out` from its checkpoint-last.pt, exactly: weights, optimiser,
+    schedule, EMA, AMP scaler, every random stream and the best-so-far; refuses a changed
+    configuration unless `force`.
+    """
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     out = Path(cfg.out) if cfg.out else default_out(cfg, role)
     cfg.out = str(out)
+    state = None
+    if resume:
+        state = load_checkpoint(out / "checkpoint-last.pt")
+        check_resume_config(state["config"], cfg, out / "checkpoint-last.pt", force)
+        if state["meta"].get("role") != role:
+            raise ConfigError(f"'{out}' is a {state['meta'].get('role')} run, not a {role} run")
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
@@ -198,7 +273,8 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
         bundle = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
                               cfg.data.train_fraction, cfg.data.fraction_seed,
                               digits_size=cfg.data.img_size)
-    train_loader, val_loader = build_loaders(cfg, bundle, device)
+    skip_log = out / "skipped_images.txt"
+    train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log)
 
     if role == "student":
         model = build_student(cfg, bundle.num_classes)
@@ -229,26 +305,45 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
     mixer = build_mixer(cfg.aug, bundle.num_classes)
     meta = _meta(cfg, role, bundle)
 
-    atomic_write_text(dump_yaml(cfg), out / "config.yaml")
     metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
+    best, best_epoch, start_epoch, last_eval, record = -1.0, -1, 0, {}, {}
+    if state is not None:
+        load_weights(model, state["model"], out / "checkpoint-last.pt")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        best, best_epoch, start_epoch = state["best"], state["best_epoch"], state["epoch"]
+        record = state["metrics"]
+        last_eval = {k: v for k, v in record.items() if k in SUMMARY_KEYS or k == "eval_images"}
+        lines = _read_metrics(metrics_path, start_epoch)
+        atomic_write_text("".join(line + "\n" for line in lines), metrics_path)
+        set_rng_state(state["rng"])
+        log(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
+    else:
+        metrics_path.write_text("")
+        if skip_log.exists():
+            skip_log.unlink()
+    atomic_write_text(dump_yaml(cfg), out / "config.yaml")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{role} {cfg.model.name}: {n_params / 1e6:.2f} M parameters, {len(bundle.train)} train / "
         f"{len(bundle.val)} {bundle.val_split} images, {bundle.num_classes} classes, "
         f"{cfg.data.img_size} px, lr {lr:.2e}, amp {amp_dtype or 'off'}, device {device}, "
         f"run folder {out}")
 
-    best, best_epoch, last_eval = -1.0, -1, {}
-    epochs = tqdm(range(cfg.epochs), desc=f"{role}", disable=not cfg.progress, dynamic_ncols=True)
+    epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"{role}", disable=not cfg.progress,
+                  dynamic_ncols=True, initial=start_epoch, total=cfg.epochs)
     for epoch in epochs:
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
         if teacher is not None:
             teacher.eval()
         stats = train_one_epoch(model, criterion, train_loader, optimizer, device, epoch,
                                 scheduler=scheduler, mixer=mixer, teacher=teacher, ema=ema,
                                 scaler=scaler, amp_dtype=amp_dtype, clip_grad=cfg.optim.clip_grad,
-                                progress=cfg.progress)
+                                progress=cfg.progress, nonfinite=cfg.nonfinite,
+                                max_skipped_steps=cfg.max_skipped_steps)
         record = {"epoch": epoch + 1, **stats}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             last_eval = evaluate(model, val_loader, device, teacher, cfg.distill.fusion, amp_dtype)
@@ -257,17 +352,25 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
                 ema_eval = evaluate(ema.module, val_loader, device, None, cfg.distill.fusion,
                                     amp_dtype)
                 record["ema_fused_top1"] = ema_eval["fused_top1"]
+        record["skipped_images"] = _count_lines(skip_log)
+        improved = "fused_top1" in record and record["fused_top1"] > best
+        if improved:
+            best, best_epoch = record["fused_top1"], epoch + 1
+        # order matters for crash safety: metrics line, then best, then last (the resume point)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        state = {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1,
-                 "config": to_dict(cfg), "metrics": record,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "ema": ema.module.state_dict() if ema is not None else None}
-        atomic_save(state, out / "checkpoint-last.pt")
-        if "fused_top1" in record and record["fused_top1"] > best:
-            best, best_epoch = record["fused_top1"], epoch + 1
+            f.flush()
+            os.fsync(f.fileno())
+        if improved:
             atomic_save({"model": model.state_dict(), "meta": meta, "epoch": epoch + 1,
                          "config": to_dict(cfg), "metrics": record}, out / "checkpoint-best.pt")
+        atomic_save({"model": model.state_dict(), "meta": meta, "epoch": epoch + 1,
+                     "config": to_dict(cfg), "metrics": record,
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "ema": ema.module.state_dict() if ema is not None else None,
+                     "scaler": scaler.state_dict() if scaler is not None else None,
+                     "best": best, "best_epoch": best_epoch, "rng": rng_state()},
+                    out / "checkpoint-last.pt")
         epochs.set_postfix(loss=f"{stats['train_loss']:.3f}",
                            acc=f"{record.get('fused_top1', float('nan')):.3f}")
     epochs.close()
@@ -277,6 +380,7 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
                     "epochs": cfg.epochs, "best_fused_top1": best, "best_epoch": best_epoch,
                     "train_images": len(bundle.train), "eval_images": last_eval.get("eval_images"),
                     "ema_fused_top1": record.get("ema_fused_top1"),
+                    "skipped_images": _count_lines(skip_log),
                     "parameters": n_params, "wall_seconds": time.perf_counter() - t_start,
                     "run_dir": str(out)})
     if role == "teacher":  # a teacher's accuracy is its own
@@ -286,10 +390,16 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
     return summary
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
+def _count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    return len({line.split("\t")[0] for line in path.read_text().splitlines() if line})
+
+
+def train(cfg: TrainConfig, log=print, resume: bool = False, force: bool = False) -> dict:
     """Train a DeiT student (and, if needed, its CNN teacher first); return the summary."""
     t0 = time.perf_counter()
-    summary = fit(cfg, "student", log=log)
+    summary = fit(cfg, "student", log=log, resume=resume, force=force)
     tsum = Path(summary["run_dir"]) / "teacher" / "summary.json"
     if tsum.is_file():
         summary["teacher_wall_seconds"] = json.loads(tsum.read_text())["wall_seconds"]
@@ -299,9 +409,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     return summary
 
 
-def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log=print) -> dict:
+def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log=print,
+                  resume: bool = False, force: bool = False) -> dict:
     """Train a CNN teacher on its own (the offline route to a teacher)."""
-    return fit(cfg, "teacher", bundle=bundle, log=log)
+    return fit(cfg, "teacher", bundle=bundle, log=log, resume=resume, force=force)
 
 
 def format_summary(summary: dict) -> str:

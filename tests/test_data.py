@@ -133,15 +133,50 @@ def test_mixers_give_soft_targets(stack):
 
 def test_repeated_aug_sampler_single_process_and_small_data():
     s = RepeatedAugSampler(10, repeats=3, seed=0)
-    idx = list(s)
-    assert len(idx) == 10
+    keys = list(s)
+    idx = [k.index for k in keys]
+    assert len(idx) == 10 and [k.position for k in keys] == list(range(10))
     assert idx[0] == idx[1] == idx[2] and idx[3] == idx[4] == idx[5]  # 3 views of each image
     s.set_epoch(1)
-    assert list(s) != idx
+    assert [k.index for k in s] != idx and all(k.epoch == 1 for k in s)
+    assert len(list(RepeatedAugSampler(2, repeats=3))) == 2  # smaller than one RA chunk
 
 
 def test_repeated_aug_sampler_shards_views_across_ranks():
     ranks = [list(RepeatedAugSampler(9, 3, num_replicas=3, rank=r, seed=5)) for r in range(3)]
     assert all(len(r) == 3 for r in ranks)
-    assert ranks[0] == ranks[1] == ranks[2]  # each rank sees another view of the same images
-    assert len(set(ranks[0])) == 3
+    idx = [[k.index for k in r] for r in ranks]
+    assert idx[0] == idx[1] == idx[2]  # each rank sees another view of the same images
+    assert len(set(idx[0])) == 3
+    positions = sorted(k.position for r in ranks for k in r)
+    assert positions == list(range(9))  # every global position once: distinct seeds
+
+
+def test_augmented_views_replay_bit_for_bit_and_repeats_differ():
+    b = load_dataset("digits")
+    ds = b.train.with_transform(build_train_transform(AugConfig(), 32, MEAN, STD), seed=7)
+    keys = list(RepeatedAugSampler(len(ds), 3, seed=7))[:6]
+    first = [ds[k][0] for k in keys]
+    torch.manual_seed(123)  # the global stream must not matter ...
+    again = [ds[k][0] for k in reversed(keys)][::-1]  # ... nor the order of access
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert keys[0].index == keys[1].index and not torch.equal(first[0], first[1])
+    # and reading a sample does not disturb the caller's random streams
+    torch.manual_seed(5)
+    ref = torch.rand(3)
+    torch.manual_seed(5)
+    ds[keys[0]]
+    assert torch.equal(torch.rand(3), ref)
+
+
+def test_views_do_not_depend_on_worker_count():
+    b = load_dataset("digits", train_fraction=0.05)
+    ds = b.train.with_transform(build_train_transform(AugConfig(), 32, MEAN, STD), seed=1)
+    sampler = RepeatedAugSampler(len(ds), 3, seed=1)
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler,
+                                             num_workers=workers)
+        return [x for x, _ in loader]
+    for a, b_ in zip(batches(0), batches(2)):
+        assert torch.equal(a, b_)

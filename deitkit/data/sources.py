@@ -6,15 +6,20 @@ wrapped in `TransformDataset` so the same split can be shown with different tran
 from __future__ import annotations
 
 import gzip
+import random
 import shutil
 import urllib.error
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, get_worker_info
+
+from .sampler import SampleKey
 
 DEBIAN_FASHION_MNIST = ("/usr/share/datasets/fashion-mnist",)
 TORCHVISION_SOURCES = ("cifar10", "cifar100", "mnist", "fashion-mnist")
@@ -37,32 +42,123 @@ class ImageListDataset(Dataset):
         return self.images[i], self.targets[i]
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: grayscale, 16-bit, CMYK, palette and RGBA (on white) alike."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        return Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+class _ForkRng:
+    """Run a block under a seeded python/numpy/torch RNG, then restore the caller's streams.
+
+    Inside a DataLoader worker the restore is skipped (the worker owns its RNG); in the main
+    process (num_workers=0) it keeps per-sample seeding from disturbing the training stream.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __enter__(self):
+        self.restore = get_worker_info() is None
+        if self.restore:
+            self.states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        if self.restore:
+            random.setstate(self.states[0])
+            np.random.set_state(self.states[1])
+            torch.set_rng_state(self.states[2])
+        return False
+
+
+def sample_seed(run_seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of one item: a hash of (run seed, epoch, position in the epoch)."""
+    return zlib.crc32(f"{run_seed}/{epoch}/{position}".encode()) * 65521 + position
+
+
 class TransformDataset(Dataset):
-    """A view of a base dataset through a subset of indices and a transform."""
+    """A view of a base dataset through a subset of indices and a transform.
+
+    Indexed by an int, or by a `SampleKey` from `RepeatedAugSampler`: then the transform runs
+    under an RNG seeded from (seed, epoch, position), so every augmented view can be replayed.
+    Unreadable images raise `DataError` naming the file, or, with on_bad_image='skip', are
+    replaced by the next readable item and counted in `skipped` (per process).
+    """
 
     def __init__(self, base: Dataset, indices: Optional[Sequence[int]] = None,
-                 transform: Optional[Callable] = None):
+                 transform: Optional[Callable] = None, seed: int = 0,
+                 on_bad_image: str = "error", skip_log: Optional[str] = None):
         self.base = base
         self.indices = list(range(len(base))) if indices is None else list(indices)
         self.transform = transform
+        self.seed = seed
+        self.on_bad_image = on_bad_image
+        self.skip_log = skip_log  # skipped files are appended here (one line each, any worker)
         base_targets = _targets(base)
         self.targets = [base_targets[i] for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i):
-        img, y = self.base[self.indices[i]]
-        if not isinstance(img, Image.Image):
-            img = Image.fromarray(np.asarray(img))
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+    def describe(self, i: int) -> str:
+        samples = getattr(self.base, "samples", None) or getattr(
+            getattr(self.base, "inner", None), "samples", None)
+        return samples[self.indices[i]][0] if samples else f"item {self.indices[i]}"
+
+    def _load(self, i: int):
+        try:
+            img, y = self.base[self.indices[i]]
+            if not isinstance(img, Image.Image):
+                img = Image.fromarray(np.asarray(img))
+            return to_rgb(img), y
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            if self.on_bad_image == "skip":
+                if self.skip_log:
+                    with open(self.skip_log, "a") as f:
+                        f.write(f"{self.describe(i)}\t{type(e).__name__}: {e}\n")
+                return None, None
+            raise DataError(f"cannot read image '{self.describe(i)}': {type(e).__name__}: {e}. "
+                            "Run `deitkit data check` on the dataset, or set "
+                            "data.on_bad_image=skip to skip (and count) unreadable files") from None
+
+    def __getitem__(self, key):
+        if isinstance(key, SampleKey):
+            i, seed = key.index, sample_seed(self.seed, key.epoch, key.position)
+        else:
+            i, seed = int(key), None
+        for attempt in range(len(self)):  # skip policy: the next readable item stands in
+            img, y = self._load((i + attempt) % len(self))
+            if img is not None:
+                break
+        else:
+            raise DataError("no readable image in the dataset")
         if self.transform is not None:
-            img = self.transform(img)
+            if seed is None:
+                img = self.transform(img)
+            else:
+                with _ForkRng(seed):
+                    img = self.transform(img)
         return img, y
 
-    def with_transform(self, transform: Optional[Callable]) -> "TransformDataset":
-        return TransformDataset(self.base, self.indices, transform)
+    def with_transform(self, transform: Optional[Callable], seed: Optional[int] = None,
+                       on_bad_image: Optional[str] = None,
+                       skip_log: Optional[str] = None) -> "TransformDataset":
+        return TransformDataset(self.base, self.indices, transform,
+                                self.seed if seed is None else seed,
+                                on_bad_image or self.on_bad_image, skip_log or self.skip_log)
 
 
 def _targets(ds: Dataset) -> list[int]:

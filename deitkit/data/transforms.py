@@ -16,7 +16,7 @@ _INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMo
 def _crop(aug: AugConfig, size: int, v: bool = False):
     ns = v2 if v else T
     if aug.crop == "pad":
-        return ns.RandomCrop(size, padding=4)
+        return ns.RandomCrop(size, padding=4, pad_if_needed=True)
     return ns.RandomResizedCrop(size, scale=(aug.scale_min, 1.0),
                                 interpolation=_INTERP[aug.interpolation])
 
@@ -31,7 +31,7 @@ def build_train_transform(aug: AugConfig, size: int, mean: Sequence[float],
             interpolation=aug.interpolation, re_prob=aug.reprob, re_mode=aug.remode,
             re_count=1, mean=tuple(mean), std=tuple(std))
         if aug.crop == "pad":  # the official code's replacement for images of 32 px and less
-            tf.transforms[0] = T.RandomCrop(size, padding=4)
+            tf.transforms[0] = T.RandomCrop(size, padding=4, pad_if_needed=True)
         return tf
     if aug.stack == "v2":  # the seed's formulation
         return v2.Compose([

@@ -97,7 +97,7 @@ def _from_deitkit_checkpoint(path: Path, num_classes: Optional[int]) -> Teacher:
         model = create_cnn(meta["model_name"], meta["num_classes"],
                            small_stem=meta.get("small_stem", False),
                            **meta.get("model_overrides", {}))
-    _load_into(model, ckpt["model"], path)
+    load_weights(model, ckpt["model"], path)
     _check_classes(meta["num_classes"], num_classes, path)
     return Teacher(model, meta["mean"], meta["std"], name=meta["model_name"],
                    num_classes=meta["num_classes"])
@@ -110,7 +110,7 @@ def _check_classes(teacher_classes: int, dataset_classes: Optional[int], where) 
                          "(`deitkit teacher --data ...`) or pick one with matching classes")
 
 
-def _load_into(model: nn.Module, state: dict, path) -> None:
+def load_weights(model: nn.Module, state: dict, path) -> None:
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     own = model.state_dict()
     for k, v in state.items():
@@ -161,7 +161,7 @@ def create_teacher(name_or_path: str, num_classes: Optional[int] = None,
                 "Save them on a connected machine and pass --teacher-weights FILE") from None
         raise
     if weights:
-        _load_into(model, load_state_file(weights), weights)
+        load_weights(model, load_state_file(weights), weights)
     out = _num_outputs(model)
     _check_classes(out, num_classes, f"'{name}'" + (f" with weights '{weights}'" if weights else ""))
     mean, std = _model_norm(model)

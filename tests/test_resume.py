@@ -1,0 +1,129 @@
+"""Exact resume, crash-safe checkpoints, refused config changes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import importlib
+
+train_mod = importlib.import_module("deitkit.train")  # the package exports a function `train`
+from deitkit import build_config, train
+from deitkit.checkpoint import CheckpointError, atomic_save
+from deitkit.cli import main
+from deitkit.config import ConfigError
+
+# small but complete: teacher trained in the run, Mixup/CutMix, repeated augmentation, EMA,
+# stochastic depth, RandAugment; all random streams are exercised
+TINY = ["epochs=4", "teacher.train_epochs=1", "progress=false", "data.train_fraction=0.12",
+        "model.overrides={depth: 2}", "aug.mixup=0.8", "aug.cutmix=1.0", "aug.repeated_aug=3",
+        "data.batch_size=32", "optim.warmup_epochs=1", "device=cpu"]
+TIMING = ("epoch_seconds", "images_per_second")
+
+
+def _cfg(out, *extra):
+    return build_config("quickstart", overrides=[f"out={out}", *TINY, *extra])
+
+
+def _metrics(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def _weights(run):
+    return torch.load(run / "checkpoint-last.pt", weights_only=True)
+
+
+def _same_run(a, b):
+    assert _metrics(a) == _metrics(b)
+    wa, wb = _weights(a), _weights(b)
+    for part in ("model", "ema"):
+        for k in wa[part]:
+            assert torch.equal(wa[part][k], wb[part][k]), f"{part}.{k}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(_cfg(out))
+    return out
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = train_mod.train_one_epoch
+
+    def dies_in_epoch_3(*args, **kwargs):
+        if args[5] == 2:  # the epoch argument
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train_mod, "train_one_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(out))
+    assert len(_metrics(out)) == 2
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    train(_cfg(out), resume=True)
+    _same_run(reference, out)
+
+
+def test_kill_9_then_cli_resume_with_workers(reference, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "deitkit", "train", "--out", str(out), *TINY]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoint-last.pt").is_file():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint-last.pt").is_file()
+    # the checkpoint left by the kill loads; resuming (with 2 loader workers this time, which
+    # may change nothing) finishes the run exactly as the uninterrupted one
+    assert main(["train", "--resume", str(out), "--no-progress", "data.num_workers=2"]) == 0
+    _same_run(reference, out)
+
+
+def test_resume_refuses_a_changed_recipe(reference, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(reference, run)
+    with pytest.raises(ConfigError, match=r"distill.alpha, optim.lr differ"):
+        train(_cfg(run, "distill.alpha=0.3", "optim.lr=1e-3"), resume=True)
+    assert main(["train", "--resume", str(run), "--no-progress", "distill.tau=2"]) == 2
+    assert "distill.tau" in capsys.readouterr().err
+    # forced, it goes on (here: a finished run extended by one epoch)
+    assert main(["train", "--resume", str(run), "--no-progress", "epochs=5", "--force"]) == 0
+    assert len(_metrics(run)) == 5
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint-last.pt" in capsys.readouterr().err
+
+
+def test_corrupt_last_checkpoint_names_the_file(reference, tmp_path):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(reference, run)
+    data = (run / "checkpoint-last.pt").read_bytes()
+    (run / "checkpoint-last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"checkpoint-last.pt' is truncated or corrupt"):
+        train(_cfg(run), resume=True)
+
+
+def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    atomic_save({"w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        atomic_save({"w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
