@@ -67,6 +67,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("recipes", help="list the named recipes")
 
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("check", help="scan an ImageFolder tree: images per class, bad files, "
+                                      "sizes; exit status 1 when it finds problems")
+    q.add_argument("path")
+    q.add_argument("--min-size", type=int, default=0, help="report images smaller than this")
+    q.add_argument("--json", help="also write the report to this JSON file")
+
     p = sub.add_parser("export", help="export a checkpoint's weights to safetensors + JSON")
     p.add_argument("checkpoint", help="run folder or checkpoint file")
     p.add_argument("out", help="output .safetensors path")
@@ -131,6 +139,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
             return 0
+        if args.command == "data":
+            from .data.check import check_dataset, format_report
+            report = check_dataset(args.path, args.min_size)
+            print(format_report(report))
+            if args.json:
+                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            return 1 if report["problems"] else 0
         if args.command == "export":
             from .checkpoint import export_safetensors
             ckpt = Path(args.checkpoint)

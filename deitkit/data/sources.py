@@ -114,8 +114,7 @@ class TransformDataset(Dataset):
         return len(self.indices)
 
     def describe(self, i: int) -> str:
-        samples = getattr(self.base, "samples", None) or getattr(
-            getattr(self.base, "inner", None), "samples", None)
+        samples = getattr(self.base, "samples", None)
         return samples[self.indices[i]][0] if samples else f"item {self.indices[i]}"
 
     def _load(self, i: int):
@@ -266,17 +265,43 @@ def torchvision_dataset(name: str, root: str, download: bool,
     return train, test, list(train.classes)
 
 
+def load_image(path: str) -> Image.Image:
+    """Open and fully decode an image file, as 8-bit RGB (any mode, 16-bit included)."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()
+        return to_rgb(img)
+
+
+def _image_folder(folder: Path):
+    """torchvision's ImageFolder, with our loader and an error that names empty classes."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    if not folder.is_dir():
+        raise DataError(f"'{folder}' is not a folder")
+    classes = sorted(d for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"'{folder}' has no class folders (expected '{folder}/<class>/<image>')")
+    empty = [d.name for d in classes
+             if not any(f.suffix.lower() in IMG_EXTENSIONS for f in d.rglob("*") if f.is_file())]
+    if empty:
+        raise DataError(f"'{folder}': class folder(s) without images: {', '.join(empty)} "
+                        f"(image extensions: {', '.join(IMG_EXTENSIONS)}); remove them or add "
+                        "images")
+    return ImageFolder(str(folder), loader=load_image)
+
+
 class _RemappedImageFolder(Dataset):
     """An ImageFolder whose class indices follow another split's class list."""
 
     def __init__(self, folder, class_to_idx: dict[str, int]):
-        from torchvision.datasets import ImageFolder
-        self.inner = ImageFolder(str(folder))
+        self.inner = _image_folder(Path(folder))
         extra = sorted(set(self.inner.classes) - set(class_to_idx))
         if extra:
             raise DataError(f"'{folder}' has classes that the training split lacks: {extra}")
         remap = {i: class_to_idx[c] for i, c in enumerate(self.inner.classes)}
         self.targets = [remap[t] for t in self.inner.targets]
+        self.samples = [(p, remap[t]) for p, t in self.inner.samples]
         self.remap = remap
 
     def __len__(self) -> int:
@@ -288,7 +313,6 @@ class _RemappedImageFolder(Dataset):
 
 
 def imagefolder_dataset(path: str):
-    from torchvision.datasets import ImageFolder
     root = Path(path).expanduser()
     if not (root / "train").is_dir():
         raise DataError(f"'{root}' is not a dataset: expected an ImageFolder tree with "
@@ -296,11 +320,8 @@ def imagefolder_dataset(path: str):
     val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
     if val_dir is None:
         raise DataError(f"'{root}' has 'train/' but neither 'val/' nor 'test/'")
-    try:
-        train = ImageFolder(str(root / "train"))
-        val = _RemappedImageFolder(val_dir, train.class_to_idx)
-    except FileNotFoundError as e:
-        raise DataError(f"'{root}': {e}") from None
+    train = _image_folder(root / "train")
+    val = _RemappedImageFolder(val_dir, train.class_to_idx)
     return train, val, list(train.classes), val_dir.name
 
 
