@@ -80,3 +80,9 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--dry-run", "--data", "cifar10", "--epochs", "3"]) == 0
     assert "name: cifar10" in capsys.readouterr().out
+    # overrides may follow options
+    assert main(["train", "--dry-run", "distill.tau=2", "--epochs", "3", "distill.alpha=0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "tau: 2.0" in out and "alpha: 0.2" in out and "epochs: 3" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--dry-run", "--bogus"])

@@ -73,3 +73,22 @@ def test_evaluate_metrics_agree_with_direct_computation():
         (fused.argmax(1) == t.argmax(1)).float().mean().item())
     assert res["fused_top5"] == 1.0  # 4 classes: top-5 covers them all
     assert res["eval_images"] == 40
+
+
+def test_nonfinite_skip_policy_drops_and_counts_the_bad_step():
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 16, 16)
+    x[8:16] = float("nan")  # the second batch of four is poisoned
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 4, (32,))), batch_size=8)
+    student = _student()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    stats = train_one_epoch(student, DistillationLoss("none"), loader, opt, torch.device("cpu"),
+                            0, progress=False, nonfinite="skip")
+    assert stats["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in student.parameters())
+    with pytest.raises(NonFiniteLossError, match="more than max_skipped_steps=0"):
+        train_one_epoch(student, DistillationLoss("none"), loader, opt, torch.device("cpu"), 1,
+                        progress=False, nonfinite="skip", max_skipped_steps=0)
+    with pytest.raises(NonFiniteLossError, match="epoch 3, step 2"):
+        train_one_epoch(student, DistillationLoss("none"), loader, opt, torch.device("cpu"), 2,
+                        progress=False)

@@ -74,7 +74,7 @@ class _ForkRng:
             self.states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         random.seed(self.seed)
         np.random.seed(self.seed % 2**32)
-        torch.manual_seed(self.seed)
+        torch.default_generator.manual_seed(self.seed)  # CPU stream only: 60x cheaper
 
     def __exit__(self, *exc):
         if self.restore:
