@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -95,18 +96,12 @@ def _config_from(args):
         overrides.append(f"model.name={args.model}")
     if args.no_progress:
         overrides.append("progress=false")
-    # CLI values are strings: quote those that YAML would read as another type
-    fixed = []
-    for o in overrides:
-        k, _, v = o.partition("=")
-        if k in ("data.name", "out", "teacher.name", "teacher.weights", "model.name", "device"):
-            o = f"{k}={json.dumps(v)}"
-        fixed.append(o)
+    fixed = overrides  # text fields keep their text (see config.apply_overrides)
     if args.resume:
         run = Path(args.resume)
         if not (run / "checkpoint-last.pt").is_file():
             raise ConfigError(f"cannot resume '{run}': it holds no checkpoint-last.pt")
-        fixed.append(f"out={json.dumps(str(run))}")
+        fixed.append(f"out={run}")
         if not (args.recipe or args.config):  # the stored config, plus what is given here
             cfg = from_dict(load_yaml_file(run / "config.yaml"),
                             source=f"config file '{run / 'config.yaml'}'")
@@ -126,6 +121,14 @@ def cmd_recipes() -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        from .distributed import shutdown
+        shutdown()
+
+
+def _main(argv: Optional[list[str]] = None) -> int:
     parser = make_parser()
     # key=value overrides may come anywhere, also after options: collect the strays here
     args, extra = parser.parse_known_args(argv)
@@ -170,10 +173,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .train import format_summary, train, train_teacher
         fn = train if args.command == "train" else train_teacher
         summary = fn(cfg, resume=bool(args.resume), force=args.force)
-        print(format_summary(summary))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+            print(format_summary(summary))
         return 0
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError) as e:
-        print(f"deitkit: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK")
+        print(f"deitkit: error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("deitkit: interrupted; the last checkpoint is intact", file=sys.stderr)

@@ -307,8 +307,10 @@ def merge_dict(obj: Any, updates: dict, prefix: str = "", source: str = "config"
             continue
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
+            hint = (" (YAML reads off/on/yes/no as booleans: quote the value)"
+                    if isinstance(value, bool) else "")
             raise ConfigError(f"{source}: key '{path}' expects {_type_name(hints[key])}, "
-                              f"got {value!r} ({type(value).__name__})")
+                              f"got {value!r} ({type(value).__name__}){hint}")
         setattr(obj, key, coerced)
 
 
@@ -319,7 +321,10 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
             raise ConfigError(f"override '{item}' is not of the form key=value "
                               f"(for example distill.kind=soft)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        if _is_str_field(cfg, key.strip()) and raw != "null":
+            value = raw  # keep text as typed: YAML would read `off` or `no` as a boolean
+        else:
+            value = yaml.safe_load(raw) if raw != "" else ""
         nested: dict = {}
         cursor = nested
         parts = key.strip().split(".")
@@ -327,6 +332,17 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
             cursor = cursor.setdefault(p, {})
         cursor[parts[-1]] = value
         merge_dict(cfg, nested, source=f"override '{item}'")
+
+
+def _is_str_field(cfg: Any, dotted: str) -> bool:
+    obj = cfg
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        obj = getattr(obj, p, None)
+        if not dataclasses.is_dataclass(obj):
+            return False
+    tp = _hints(type(obj)).get(parts[-1])
+    return tp is str or (typing.get_origin(tp) is typing.Union and str in typing.get_args(tp))
 
 
 def to_dict(cfg: Any) -> dict:

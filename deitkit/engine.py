@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .distill import DistillationLoss, fuse
+from .distributed import all_reduce_sum
 from .models import Teacher, student_forward
 
 
@@ -26,11 +27,16 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
 
 
 def forward_heads(model: nn.Module, x: torch.Tensor):
-    """(cls_logits, dist_logits or None) for DeiT students and plain CNNs alike."""
-    if hasattr(model, "forward_features") and hasattr(model, "cls_token"):
-        out = student_forward(model, x)
-        return out.cls_logits, out.dist_logits
-    return model(x), None
+    """(cls_logits, dist_logits or None) for DeiT students and plain CNNs alike.
+
+    Calls model(x), never its parts, so that a DDP wrapper sees the forward pass. A distilled
+    timm DeiT in training mode with `set_distilled_training(True)` (see create_student) returns
+    both heads' logits.
+    """
+    out = model(x)
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None
 
 
 def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optimizer,
@@ -101,7 +107,11 @@ def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optim
         if progress and (step % 10 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     elapsed = time.perf_counter() - t0
-    s = (sums / max(seen, 1)).tolist()
+    totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([seen, skipped])]))  # all ranks
+    seen_all = int(totals[4].item())
+    skipped = int(totals[5].item())
+    s = (totals[:4] / max(seen_all, 1)).tolist()
+    seen = seen_all
     return {"train_loss": s[0], "train_base_loss": s[1], "train_distill_loss": s[2],
             "train_top1": s[3], "lr": optimizer.param_groups[0]["lr"],
             "skipped_steps": skipped, "epoch_seconds": elapsed,
@@ -125,6 +135,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[T
             "student_teacher_agreement"]
     sums = dict.fromkeys(keys, 0.0)
     n, has_dist = 0, False
+    model = getattr(model, "module", model)  # evaluate the bare model, never through DDP
     for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images, labels = images.to(device), labels.to(device)
         with autocast(device, amp_dtype):
@@ -153,6 +164,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[T
             sums["student_teacher_agreement"] += \
                 (fused.argmax(-1) == t_logits.argmax(-1)).sum().item()
         n += len(labels)
+    # sum over ranks (each rank saw a disjoint shard): exact, each image counted once
+    tot = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [n, float(has_dist)],
+                                      dtype=torch.float64, device=device)).tolist()
+    sums, n, has_dist = dict(zip(keys, tot[:-2])), int(tot[-2]), tot[-1] > 0
     res = {k: v / max(n, 1) for k, v in sums.items()}
     if not has_dist:
         for k in ("dist_top1", "dist_top5", "head_agreement", "token_cosine"):

@@ -25,14 +25,17 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from .config import ConfigError, TrainConfig, build_config, dump_yaml, to_dict
-from .data import (DatasetBundle, RepeatedAugSampler, build_eval_transform, build_mixer,
+from .data import (DatasetBundle, RepeatedAugSampler, ShardSampler, build_eval_transform,
+                   build_mixer,
                    build_train_transform, load_dataset)
 from .distill import DistillationLoss
+from .distributed import DistInfo, barrier, gather_objects, init_distributed
 from .engine import evaluate, train_one_epoch
 from .models import Teacher, create_cnn, create_student, create_teacher, has_dist_token
 from .models.teacher import load_weights
@@ -92,7 +95,7 @@ def global_lr(cfg: TrainConfig, world_size: int = 1) -> float:
 
 
 def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device,
-                  skip_log: Optional[Path] = None):
+                  skip_log: Optional[Path] = None, dist_info: DistInfo = DistInfo()):
     """Training loader over `SampleKey`s (replayable augmentation), evaluation loader."""
     mean, std = cfg.data.mean, cfg.data.std
     train_ds = bundle.train.with_transform(
@@ -102,11 +105,14 @@ def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device,
                                        on_bad_image=cfg.data.on_bad_image,
                                        skip_log=str(skip_log) if skip_log else None)
     n = len(train_ds)
-    if cfg.data.batch_size > n:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
-                          f"({n} images); lower data.batch_size")
     # repeated_aug=1 is a plain seeded shuffle; the sampler depends on (seed, epoch) only
-    sampler = RepeatedAugSampler(n, cfg.aug.repeated_aug, seed=cfg.seed)
+    sampler = RepeatedAugSampler(n, cfg.aug.repeated_aug, num_replicas=dist_info.world,
+                                 rank=dist_info.rank, seed=cfg.seed)
+    if cfg.data.batch_size > len(sampler):
+        per = (f"; {len(sampler)} per process with {dist_info.world} processes"
+               if dist_info.enabled else "")
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
+                          f"({n} images{per}); lower data.batch_size")
     common = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                   persistent_workers=cfg.data.num_workers > 0,
                   # a generator of its own, so the loader never draws from the global stream
@@ -114,7 +120,8 @@ def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device,
     train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler,
                               drop_last=True, **common)
     val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size,
-                            sampler=SequentialSampler(val_ds), **common)
+                            sampler=ShardSampler(len(val_ds), dist_info.world, dist_info.rank),
+                            **common)
     return train_loader, val_loader
 
 
@@ -256,8 +263,18 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
     configuration unless `force`.
     """
     t_start = time.perf_counter()
+    d = init_distributed(cfg.device)
     device = resolve_device(cfg.device)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    if not d.is_main:  # rank 0 alone prints and writes
+        log = _quiet
+        cfg = copy.deepcopy(cfg)
+        cfg.progress = False
     amp_dtype = resolve_amp(cfg.amp, device)
+    if not cfg.out and d.enabled:
+        raise ConfigError("give --out when running under torchrun (every process must agree "
+                          "on the run folder)")
     out = Path(cfg.out) if cfg.out else default_out(cfg, role)
     cfg.out = str(out)
     state = None
@@ -266,7 +283,11 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
         check_resume_config(state["config"], cfg, out / "checkpoint-last.pt", force)
         if state["meta"].get("role") != role:
             raise ConfigError(f"'{out}' is a {state['meta'].get('role')} run, not a {role} run")
-    out.mkdir(parents=True, exist_ok=True)
+        if len(state["rng"]) != d.world and not force:
+            raise ConfigError(f"'{out}' was run by {len(state['rng'])} process(es), this resume "
+                              f"has {d.world}: use the same count, or --force (inexact)")
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
     if bundle is None:
@@ -274,13 +295,14 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
                               cfg.data.train_fraction, cfg.data.fraction_seed,
                               digits_size=cfg.data.img_size)
     skip_log = out / "skipped_images.txt"
-    train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log)
+    train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log, d)
 
     if role == "student":
         model = build_student(cfg, bundle.num_classes)
         check_distillable(cfg, model)
         teacher = resolve_teacher(cfg, bundle, out, log=log)
-        seed_everything(cfg.seed)  # same student stream whether or not a teacher was trained
+        # same student stream whether or not a teacher was trained; one stream per rank
+        seed_everything(cfg.seed + d.rank)
         criterion = DistillationLoss(cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau,
                                      cfg.distill.kl_norm, cfg.distill.heads, cfg.aug.smoothing)
     else:
@@ -291,8 +313,11 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
     model.to(device)
     if teacher is not None:
         teacher.to(device)
+    # only the trained model is wrapped in DDP, never the teacher
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                  else None) if d.enabled else model
 
-    lr = global_lr(cfg)
+    lr = global_lr(cfg, d.world)
     optimizer = create_optimizer_v2(model, opt=cfg.optim.opt, lr=lr,
                                     weight_decay=cfg.optim.weight_decay,
                                     momentum=cfg.optim.momentum, filter_bias_and_bn=True)
@@ -318,20 +343,22 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
         best, best_epoch, start_epoch = state["best"], state["best_epoch"], state["epoch"]
         record = state["metrics"]
         last_eval = {k: v for k, v in record.items() if k in SUMMARY_KEYS or k == "eval_images"}
-        lines = _read_metrics(metrics_path, start_epoch)
-        atomic_write_text("".join(line + "\n" for line in lines), metrics_path)
-        set_rng_state(state["rng"])
+        if d.is_main:
+            lines = _read_metrics(metrics_path, start_epoch)
+            atomic_write_text("".join(line + "\n" for line in lines), metrics_path)
+        set_rng_state(state["rng"][d.rank % len(state["rng"])])
         log(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
-    else:
+    elif d.is_main:
         metrics_path.write_text("")
         if skip_log.exists():
             skip_log.unlink()
-    atomic_write_text(dump_yaml(cfg), out / "config.yaml")
+    if d.is_main:
+        atomic_write_text(dump_yaml(cfg), out / "config.yaml")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{role} {cfg.model.name}: {n_params / 1e6:.2f} M parameters, {len(bundle.train)} train / "
         f"{len(bundle.val)} {bundle.val_split} images, {bundle.num_classes} classes, "
-        f"{cfg.data.img_size} px, lr {lr:.2e}, amp {amp_dtype or 'off'}, device {device}, "
-        f"run folder {out}")
+        f"{cfg.data.img_size} px, lr {lr:.2e}, amp {amp_dtype or 'off'}, device {device}"
+        f"{f' x {d.world} processes' if d.enabled else ''}, run folder {out}")
 
     epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"{role}", disable=not cfg.progress,
                   dynamic_ncols=True, initial=start_epoch, total=cfg.epochs)
@@ -339,7 +366,7 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
         train_loader.sampler.set_epoch(epoch)
         if teacher is not None:
             teacher.eval()
-        stats = train_one_epoch(model, criterion, train_loader, optimizer, device, epoch,
+        stats = train_one_epoch(net, criterion, train_loader, optimizer, device, epoch,
                                 scheduler=scheduler, mixer=mixer, teacher=teacher, ema=ema,
                                 scaler=scaler, amp_dtype=amp_dtype, clip_grad=cfg.optim.clip_grad,
                                 progress=cfg.progress, nonfinite=cfg.nonfinite,
@@ -356,6 +383,9 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
         improved = "fused_top1" in record and record["fused_top1"] > best
         if improved:
             best, best_epoch = record["fused_top1"], epoch + 1
+        rngs = gather_objects(rng_state())  # every rank's streams, for an exact resume
+        if not d.is_main:
+            continue
         # order matters for crash safety: metrics line, then best, then last (the resume point)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -369,7 +399,7 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "ema": ema.module.state_dict() if ema is not None else None,
                      "scaler": scaler.state_dict() if scaler is not None else None,
-                     "best": best, "best_epoch": best_epoch, "rng": rng_state()},
+                     "best": best, "best_epoch": best_epoch, "rng": rngs},
                     out / "checkpoint-last.pt")
         epochs.set_postfix(loss=f"{stats['train_loss']:.3f}",
                            acc=f"{record.get('fused_top1', float('nan')):.3f}")
@@ -386,8 +416,14 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
     if role == "teacher":  # a teacher's accuracy is its own
         summary["teacher_top1"] = summary["fused_top1"]
         summary["teacher_top5"] = summary["fused_top5"]
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
+    if d.is_main:
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
+    barrier()  # no rank reads the run folder (e.g. a teacher) before rank 0 has written it
     return summary
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass
 
 
 def _count_lines(path: Path) -> int:
@@ -404,8 +440,9 @@ def train(cfg: TrainConfig, log=print, resume: bool = False, force: bool = False
     if tsum.is_file():
         summary["teacher_wall_seconds"] = json.loads(tsum.read_text())["wall_seconds"]
     summary["wall_seconds"] = time.perf_counter() - t0
-    atomic_write_text(json.dumps(summary, indent=2) + "\n",
-                      Path(summary["run_dir"]) / "summary.json")
+    if init_distributed(cfg.device).is_main:
+        atomic_write_text(json.dumps(summary, indent=2) + "\n",
+                          Path(summary["run_dir"]) / "summary.json")
     return summary
 
 

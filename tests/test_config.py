@@ -39,6 +39,15 @@ def test_overrides_are_typed():
     assert cfg.distill.kind == "soft" and cfg.distill.tau == 3.0 and isinstance(cfg.distill.tau, float)
     assert cfg.optim.lr == 2e-3 and cfg.model.overrides == {"depth": 4}
     assert cfg.teacher.name is None
+    cfg = build_config("quickstart", overrides=["amp=off", "teacher.name=no"])
+    assert cfg.amp == "off" and cfg.teacher.name == "no"  # text fields keep the text
+
+
+def test_yaml_boolean_trap_gets_a_hint(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("amp: off\n")
+    with pytest.raises(ConfigError, match="quote the value"):
+        build_config("quickstart", str(f))
 
 
 @pytest.mark.parametrize("override, words", [

@@ -54,3 +54,17 @@ class RepeatedAugSampler(Sampler[SampleKey]):
         mine = rep[self.rank::self.world][: self.num_samples]
         return iter([SampleKey(int(i), self.epoch, int(p))
                      for i, p in zip(mine.tolist(), positions.tolist())])
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation: rank r takes items r, r + world, ...; no padding, so after a sum over ranks
+    every validation image is counted exactly once, whatever the world size."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0):
+        self.indices = list(range(rank, n, num_replicas))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
