@@ -13,6 +13,7 @@ from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from
                      list_recipes, load_yaml_file, recipe_dict, validate)
 from .data import DataError
 from .engine import NonFiniteLossError
+from .slurm import SlurmError
 
 EPILOG = ("Any config key can be set as key=value after the options, e.g. "
           "distill.kind=soft aug.mixup=0 optim.base_lr=1e-3. `deitkit recipes` lists recipes.")
@@ -76,6 +77,22 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--min-size", type=int, default=0, help="report images smaller than this")
     q.add_argument("--json", help="also write the report to this JSON file")
 
+    p = sub.add_parser("slurm", help="submit a deitkit command to SLURM (needs submitit)",
+                       description="Example: deitkit slurm --nodes 2 --gpus-per-node 8 -- "
+                                   "train --recipe deit-paper --out runs/deit-b --data /imagenet")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--cpus-per-task", type=int, default=10)
+    p.add_argument("--partition")
+    p.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
+    p.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
+    p.add_argument("--logs", default="runs/slurm-logs", help="submitit's log folder")
+    p.add_argument("--local", action="store_true",
+                   help="run the tasks as local processes (try a submission without SLURM)")
+    p.add_argument("--wait", action="store_true", help="wait for the job and report its result")
+    p.add_argument("command_args", nargs=argparse.REMAINDER,
+                   help="-- then the deitkit command to run, e.g. -- train --out DIR ...")
+
     p = sub.add_parser("export", help="export a checkpoint's weights to safetensors + JSON")
     p.add_argument("checkpoint", help="run folder or checkpoint file")
     p.add_argument("out", help="output .safetensors path")
@@ -130,8 +147,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _main(argv: Optional[list[str]] = None) -> int:
     parser = make_parser()
-    # key=value overrides may come anywhere, also after options: collect the strays here
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["slurm"]:  # everything after `--` belongs to the submitted command
+        args = parser.parse_args(argv)
+        extra = []
+    else:
+        # key=value overrides may come anywhere, also after options: collect the strays here
+        args, extra = parser.parse_known_args(argv)
     bad = [e for e in extra if e.startswith("-") or "=" not in e]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
@@ -150,6 +172,18 @@ def _main(argv: Optional[list[str]] = None) -> int:
             print(format_eval(res))
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+            return 0
+        if args.command == "slurm":
+            from .slurm import submit
+            rest = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+            if not rest:
+                parser.error("slurm: give the deitkit command after --")
+            job = submit(rest, args.logs, args.nodes, args.gpus_per_node, args.cpus_per_task,
+                         args.time, args.partition, args.port,
+                         cluster="local" if args.local else None)
+            print(f"submitted job {job.job_id}; logs in {args.logs}")
+            if args.wait:
+                return int(job.result() or 0)
             return 0
         if args.command == "data":
             from .data.check import check_dataset, format_report
@@ -176,7 +210,8 @@ def _main(argv: Optional[list[str]] = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
             print(format_summary(summary))
         return 0
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError,
+            SlurmError) as e:
         rank = os.environ.get("RANK")
         print(f"deitkit: error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2
