@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -93,8 +92,11 @@ def test_resume_under_two_processes(teacher, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "checkpoint-last.pt").is_file():
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole torchrun group, mid-run
+    # kill -9 torchrun and its workers (they run in sessions of their own), mid-run
+    subprocess.run(["pkill", "-9", "-f", "--", f"--out {run}"])
     proc.wait()
+    while subprocess.run(["pgrep", "-f", "--", f"--out {run}"], capture_output=True).returncode == 0:
+        time.sleep(0.1)
     assert len(_metrics(run)) < 3
     r = _run(TORCHRUN + ["train", "--resume", str(run), "--no-progress"])
     assert r.returncode == 0, r.stderr[-3000:]
