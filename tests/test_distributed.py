@@ -1,7 +1,6 @@
 """torchrun with 2 gloo processes on CPU: equivalence with 1 process, resume, error handling."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time

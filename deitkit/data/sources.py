@@ -259,7 +259,7 @@ def torchvision_dataset(name: str, root: str, download: bool,
     except (urllib.error.URLError, OSError, ConnectionError) as e:
         raise DataError(_offline_message(name, root_p, files) + f" [{type(e).__name__}: {e}]") \
             from None
-    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True"
+    except RuntimeError:  # torchvision: "Dataset not found. You can use download=True"
         raise DataError(f"{name} not found in '{root_p}' and data.download is false. "
                         + _offline_message(name, root_p, files)) from None
     return train, test, list(train.classes)

@@ -6,7 +6,6 @@ another mean/std.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -177,8 +176,3 @@ def _num_outputs(model: nn.Module) -> int:
         out = model(torch.zeros(1, 3, 64, 64))
     model.train(was)
     return out.shape[-1]
-
-
-def read_run_summary(folder: str | Path) -> dict:
-    f = Path(folder) / "summary.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
