@@ -113,19 +113,19 @@ def _config_from(args):
         overrides.append(f"model.name={args.model}")
     if args.no_progress:
         overrides.append("progress=false")
-    fixed = overrides  # text fields keep their text (see config.apply_overrides)
     if args.resume:
         run = Path(args.resume)
         if not (run / "checkpoint-last.pt").is_file():
             raise ConfigError(f"cannot resume '{run}': it holds no checkpoint-last.pt")
-        fixed.append(f"out={run}")
+        overrides.append(f"out={run}")
         if not (args.recipe or args.config):  # the stored config, plus what is given here
             cfg = from_dict(load_yaml_file(run / "config.yaml"),
                             source=f"config file '{run / 'config.yaml'}'")
-            apply_overrides(cfg, fixed + args.overrides)
+            apply_overrides(cfg, overrides + args.overrides)
             validate(cfg)
             return cfg
-    return build_config(args.recipe or args.default_recipe, args.config, fixed + args.overrides)
+    return build_config(args.recipe or args.default_recipe, args.config,
+                        overrides + args.overrides)
 
 
 def cmd_recipes() -> int:

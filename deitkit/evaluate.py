@@ -11,9 +11,8 @@ from .config import from_dict
 from .data import build_eval_transform, load_dataset
 from .engine import evaluate
 from .models import create_teacher
-from .models.teacher import load_weights
-from .train import build_student, resolve_amp, resolve_device
-from .models import create_cnn
+from .models.teacher import model_from_checkpoint
+from .train import resolve_amp, resolve_device
 
 
 def _checkpoint_path(run: str, last: bool) -> Path:
@@ -42,14 +41,7 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
     if bundle.num_classes != meta["num_classes"]:
         raise CheckpointError(f"'{path}' predicts {meta['num_classes']} classes but dataset "
                               f"'{cfg.data.name}' has {bundle.num_classes}")
-    if meta["role"] == "student":
-        model = build_student(cfg, meta["num_classes"])
-    else:
-        model = create_cnn(meta["model_name"], meta["num_classes"],
-                           small_stem=meta.get("small_stem", False),
-                           **meta.get("model_overrides", {}))
-    load_weights(model, ckpt["model"], path)
-    model.to(dev)
+    model = model_from_checkpoint(ckpt, path).to(dev)
 
     t = None
     run_dir = path.parent

@@ -82,21 +82,28 @@ def _model_norm(model: nn.Module) -> tuple[tuple, tuple]:
     return tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
 
 
-def _from_deitkit_checkpoint(path: Path, num_classes: Optional[int]) -> Teacher:
-    ckpt = load_checkpoint(path)
+def model_from_checkpoint(ckpt: dict, path) -> nn.Module:
+    """Rebuild the network a deitkit checkpoint describes (its `meta`) and load its weights."""
     meta = ckpt["meta"]
     if meta.get("role") == "student":
-        from .student import create_student  # a distilled DeiT can teach too
+        from .student import create_student
         model = create_student(meta["model_name"], num_classes=meta["num_classes"],
                                img_size=meta["img_size"], patch_size=meta.get("patch_size"),
                                **meta.get("model_overrides", {}))
-        if hasattr(model, "set_distilled_training"):
-            model.set_distilled_training(False)  # eval forward fuses the heads
     else:
         model = create_cnn(meta["model_name"], meta["num_classes"],
                            small_stem=meta.get("small_stem", False),
                            **meta.get("model_overrides", {}))
     load_weights(model, ckpt["model"], path)
+    return model
+
+
+def _from_deitkit_checkpoint(path: Path, num_classes: Optional[int]) -> Teacher:
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    model = model_from_checkpoint(ckpt, path)
+    if hasattr(model, "set_distilled_training"):  # a distilled DeiT can teach too:
+        model.set_distilled_training(False)       # its eval forward fuses the heads
     _check_classes(meta["num_classes"], num_classes, path)
     return Teacher(model, meta["mean"], meta["std"], name=meta["model_name"],
                    num_classes=meta["num_classes"])
