@@ -67,6 +67,20 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics to this JSON file")
 
+    p = sub.add_parser("store", help="record a teacher's top-K outputs for every augmented "
+                                     "view of a run, so that students train without it",
+                       epilog="Then: deitkit train <same recipe, data, seed> --teacher T "
+                              "distill.store=OUT. " + EPILOG)
+    _common(p, "quickstart")
+    p.add_argument("--teacher", help="teacher: timm/torchvision name, deitkit run folder or "
+                                     "checkpoint (default: train a CNN teacher into OUT/teacher)")
+    p.add_argument("--teacher-weights", help="local weights file for --teacher")
+    p.add_argument("--topk", type=int, help="probabilities kept per view (default: all classes, "
+                                            "exact)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="storage type of the probabilities (float16 halves the size)")
+    p.set_defaults(resume=None, force=False)
+
     sub.add_parser("recipes", help="list the named recipes")
 
     p = sub.add_parser("data", help="dataset tools")
@@ -203,6 +217,12 @@ def _main(argv: Optional[list[str]] = None) -> int:
         cfg = _config_from(args)
         if args.dry_run:
             print(dump_yaml(cfg), end="")
+            return 0
+        if args.command == "store":
+            from .distill.store import record_store
+            if not args.out:
+                parser.error("store: give --out (the store folder)")
+            record_store(cfg, args.out, topk=args.topk, dtype=args.dtype)
             return 0
         from .train import format_summary, train, train_teacher
         fn = train if args.command == "train" else train_teacher

@@ -1,9 +1,9 @@
 """train_one_epoch / evaluate: the whole training step on one screen."""
 from __future__ import annotations
 
-import math
 import time
-from contextlib import nullcontext
+import zlib
+from contextlib import ExitStack, nullcontext
 from typing import Optional
 
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data.sources import _ForkRng
 from .distill import DistillationLoss, fuse
 from .distributed import all_reduce_sum
 from .models import Teacher, student_forward
@@ -21,9 +22,37 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """Autocast to `amp_dtype` (None: fp32). On a CPU in bf16 it also selects the math
+    attention kernel: torch's CPU flash-attention backward in bf16 is 10x slower than the
+    rest of a DeiT-Tiny step (measured, docs/performance.md), and the math kernel is fast for
+    the short token sequences of small images."""
     if amp_dtype is None:
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+    stack = ExitStack()
+    stack.enter_context(torch.autocast(device_type=device.type, dtype=amp_dtype))
+    if device.type == "cpu" and amp_dtype == torch.bfloat16:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    return stack
+
+
+def batch_seed(run_seed: int, epoch: int, rank: int, step: int) -> int:
+    """The seed of one batch's Mixup/CutMix draw: a hash of (run seed, epoch, rank, step)."""
+    return zlib.crc32(f"mix/{run_seed}/{epoch}/{rank}/{step}".encode())
+
+
+def mix_batch(mixer, images: torch.Tensor, labels: torch.Tensor, seed: int):
+    """Mixup/CutMix under a per-batch seed, so the mixed view can be replayed exactly (the
+    per-image augmentation is seeded per item by the dataset)."""
+    if mixer is None:
+        return images, labels
+    with _ForkRng(seed):
+        return mixer(images, labels)                               # targets: [B, C] soft
+
+
+def view_checksum(images: torch.Tensor) -> int:
+    """crc32 of a batch's bytes: recorded with stored teacher outputs, checked on replay."""
+    return zlib.crc32(images.detach().cpu().contiguous().numpy().tobytes())
 
 
 def forward_heads(model: nn.Module, x: torch.Tensor):
@@ -44,8 +73,15 @@ def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optim
                     teacher: Optional[Teacher] = None, ema=None, scaler=None,
                     amp_dtype: Optional[torch.dtype] = None, clip_grad: Optional[float] = None,
                     progress: bool = True, nonfinite: str = "error",
-                    max_skipped_steps: int = 20) -> dict:
+                    max_skipped_steps: int = 20, seed: int = 0, rank: int = 0,
+                    store=None, store_verify_batches: int = 1) -> dict:
+    """One epoch. The teacher's logits come from `teacher` (run online) or from `store`
+    (a `TeacherStore` recorded for exactly these views). The loss is checked for NaN/inf every
+    step on a CPU or with nonfinite=skip; on a GPU with nonfinite=error every 20 steps, so the
+    hot loop does not wait for the device each step."""
     model.train()
+    check_every = 1 if (device.type == "cpu" or nonfinite == "skip") else 20
+    bad = torch.zeros((), dtype=torch.bool, device=device)
     skipped = 0
     n_steps = len(loader)
     sums = torch.zeros(4, device=device)   # loss, base_loss, distill_loss, correct (summed)
@@ -55,20 +91,29 @@ def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optim
     for step, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        targets = labels
-        if mixer is not None:
-            images, targets = mixer(images, labels)                # targets: [B, C] soft
+        images, targets = mix_batch(mixer, images, labels, batch_seed(seed, epoch, rank, step))
+        teacher_logits = None
+        if criterion.needs_teacher and store is not None:
+            if store_verify_batches < 0 or step < store_verify_batches:
+                store.verify(epoch, step, view_checksum(images))
+            teacher_logits = store.logits(epoch, step, device)     # [B, C] log-probabilities
         with autocast(device, amp_dtype):
-            teacher_logits = teacher(images) if (teacher is not None and
-                                                 criterion.needs_teacher) else None
+            if criterion.needs_teacher and teacher_logits is None:
+                teacher_logits = teacher(images).float()
             cls_logits, dist_logits = forward_heads(model, images)
             parts = criterion(cls_logits.float(),
                               None if dist_logits is None else dist_logits.float(),
-                              targets, None if teacher_logits is None else teacher_logits.float())
+                              targets, teacher_logits)
         loss = parts["loss"]
-        if not math.isfinite(loss.item()):
-            what = (f"non-finite loss at epoch {epoch + 1}, step {step + 1}: " +
+        bad |= ~torch.isfinite(loss.detach())
+        what = None
+        if ((step + 1) % check_every == 0 or step == n_steps - 1) and bad.item():
+            first = step + 1 if check_every == 1 else max(step + 2 - check_every, 1)
+            where = f"step {step + 1}" if first == step + 1 else f"steps {first}..{step + 1}"
+            what = (f"non-finite loss at epoch {epoch + 1}, {where}: " +
                     ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
+            bad.zero_()
+        if what is not None:
             skipped += 1
             if nonfinite != "skip":
                 raise NonFiniteLossError(what + ". The last good checkpoint is intact; lower "

@@ -35,10 +35,14 @@ from .data import (DatasetBundle, RepeatedAugSampler, ShardSampler, build_eval_t
                    build_mixer,
                    build_train_transform, load_dataset)
 from .distill import DistillationLoss
+from .distill.store import open_store
 from .distributed import DistInfo, barrier, gather_objects, init_distributed
 from .engine import evaluate, train_one_epoch
 from .models import Teacher, create_cnn, create_student, create_teacher, has_dist_token
 from .models.teacher import load_weights
+
+# timm names that map to a torch optimiser with a fused implementation (CPU and CUDA)
+FUSED_OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov")
 
 SUMMARY_KEYS = ("cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
                 "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
@@ -140,6 +144,21 @@ def build_student(cfg: TrainConfig, num_classes: int):
                           **cfg.model.overrides)
 
 
+def build_optimizer(cfg: TrainConfig, model, lr: float):
+    """timm's optimiser factory; the fused single-kernel step where torch has one."""
+    kwargs = dict(opt=cfg.optim.opt, lr=lr, weight_decay=cfg.optim.weight_decay,
+                  momentum=cfg.optim.momentum, filter_bias_and_bn=True)
+    if cfg.optim.fused and cfg.optim.opt.lower() in FUSED_OPTIMIZERS:
+        try:
+            return create_optimizer_v2(model, fused=True, **kwargs)
+        except (TypeError, RuntimeError, ValueError):
+            pass  # an older torch or an unsupported device: the foreach step below
+    try:
+        return create_optimizer_v2(model, foreach=True, **kwargs)
+    except (TypeError, ValueError):
+        return create_optimizer_v2(model, **kwargs)
+
+
 def check_distillable(cfg: TrainConfig, model) -> None:
     if cfg.distill.kind != "none" and cfg.distill.heads != "cls" and not has_dist_token(model):
         raise ConfigError(
@@ -188,6 +207,18 @@ def resolve_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
     return teacher
 
 
+def _store_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path, log) -> Optional[Teacher]:
+    """With distill.store: the named teacher, else the one trained for the store, else None."""
+    if cfg.teacher.name:
+        return resolve_teacher(cfg, bundle, out, log=log)
+    tdir = Path(cfg.distill.store).expanduser() / "teacher"
+    if (tdir / "checkpoint-best.pt").is_file():
+        teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
+        teacher.set_student_norm(cfg.data.mean, cfg.data.std)
+        return teacher
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # resume support: every random stream, as plain tensors (loadable with weights_only=True)
 
@@ -213,7 +244,7 @@ def set_rng_state(state: dict) -> None:
 
 # keys that may change on resume without changing the run's results
 RESUME_FREE_KEYS = ("out", "progress", "device", "data.num_workers", "data.root",
-                    "data.eval_batch_size")
+                    "data.eval_batch_size", "distill.store_verify_batches")
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -300,7 +331,17 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
     if role == "student":
         model = build_student(cfg, bundle.num_classes)
         check_distillable(cfg, model)
-        teacher = resolve_teacher(cfg, bundle, out, log=log)
+        store = None
+        if cfg.distill.store and cfg.distill.kind != "none":
+            # targets come from the store; a named teacher is loaded only to check that it is
+            # the one that was recorded and to report its accuracy
+            teacher = _store_teacher(cfg, bundle, out, log)
+            store = open_store(cfg, bundle, d.world, d.rank, len(train_loader),
+                               teacher.digest if teacher is not None else None)
+            log(f"teacher outputs from the store {cfg.distill.store} (top-{store.topk} of "
+                f"{store.num_classes}, teacher {store.meta.get('teacher')})")
+        else:
+            teacher = resolve_teacher(cfg, bundle, out, log=log)
         # same student stream whether or not a teacher was trained; one stream per rank
         seed_everything(cfg.seed + d.rank)
         criterion = DistillationLoss(cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau,
@@ -308,19 +349,22 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
     else:
         model = create_cnn(cfg.model.name, bundle.num_classes, small_stem=cfg.model.small_stem,
                            **cfg.model.overrides)
-        teacher = None
+        teacher, store = None, None
         criterion = DistillationLoss("none", heads="cls", smoothing=cfg.aug.smoothing)
     model.to(device)
     if teacher is not None:
         teacher.to(device)
+        if cfg.teacher.optimize:
+            _ = teacher.digest
+            log(f"teacher forward: {teacher.optimize(device, amp_dtype)}")
     # only the trained model is wrapped in DDP, never the teacher
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                   else None) if d.enabled else model
 
+    if cfg.compile:
+        net = torch.compile(net)
     lr = global_lr(cfg, d.world)
-    optimizer = create_optimizer_v2(model, opt=cfg.optim.opt, lr=lr,
-                                    weight_decay=cfg.optim.weight_decay,
-                                    momentum=cfg.optim.momentum, filter_bias_and_bn=True)
+    optimizer = build_optimizer(cfg, model, lr)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=cfg.optim.sched, num_epochs=cfg.epochs,
         warmup_epochs=min(cfg.optim.warmup_epochs, cfg.epochs - 1), warmup_lr=cfg.optim.warmup_lr,
@@ -370,7 +414,9 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
                                 scheduler=scheduler, mixer=mixer, teacher=teacher, ema=ema,
                                 scaler=scaler, amp_dtype=amp_dtype, clip_grad=cfg.optim.clip_grad,
                                 progress=cfg.progress, nonfinite=cfg.nonfinite,
-                                max_skipped_steps=cfg.max_skipped_steps)
+                                max_skipped_steps=cfg.max_skipped_steps, seed=cfg.seed,
+                                rank=d.rank, store=store,
+                                store_verify_batches=cfg.distill.store_verify_batches)
         record = {"epoch": epoch + 1, **stats}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             last_eval = evaluate(model, val_loader, device, teacher, cfg.distill.fusion, amp_dtype)

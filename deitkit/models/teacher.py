@@ -33,7 +33,42 @@ class Teacher(nn.Module):
         self.register_buffer("scale", torch.ones(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", torch.zeros(1, 3, 1, 1), persistent=False)
         self.renormalize = False
+        self._digest: Optional[str] = None
+        self.optimized = "no"
         self.eval()
+
+    @property
+    def digest(self) -> str:
+        """sha256 (16 hex digits) of the original weights: the teacher's identity."""
+        if self._digest is None:
+            from ..distill.store import teacher_digest
+            self._digest = teacher_digest(self.model)
+        return self._digest
+
+    def optimize(self, device: torch.device, amp_dtype: Optional[torch.dtype]) -> str:
+        """Make the frozen forward faster; returns what was done.
+
+        CPU at fp32: torch.fx `optimize_for_inference` folds BatchNorm into the convolutions
+        and keeps activations in oneDNN's blocked layout between them (1.4-1.5x on ResNet-18
+        at 64 px on 2 cores, measured). Otherwise (bf16, GPU): channels_last, which oneDNN's
+        bf16 convolutions and cuDNN need to be fast. A model that torch.fx cannot trace keeps
+        its plain forward. Call after `.to(device)`; the digest is taken first."""
+        _ = self.digest
+        if device.type == "cpu" and amp_dtype is None:
+            try:
+                from torch.fx.experimental.optimization import optimize_for_inference
+                import warnings
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.model = optimize_for_inference(self.model)
+                self.optimized = "fx-onednn"
+                return self.optimized
+            except Exception as e:  # noqa: BLE001 - any tracing failure: keep the plain model
+                self.optimized = f"plain ({type(e).__name__} in torch.fx)"
+                return self.optimized
+        self.model.to(memory_format=torch.channels_last)
+        self.optimized = "channels_last"
+        return self.optimized
 
     def set_student_norm(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """x_teacher = (x * s_std + s_mean - t_mean) / t_std, when the two differ."""
@@ -46,11 +81,14 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # a teacher is always in eval mode
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.renormalize:
-            x = x * self.scale + self.shift
-        return self.model(x)
+        with torch.inference_mode():
+            if self.renormalize:
+                x = x * self.scale + self.shift
+            if self.optimized == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.model(x)
+        return out.clone()  # a normal tensor again: the loss may save it for backward
 
 
 def create_cnn(name: str, num_classes: int, small_stem: bool = False, **overrides) -> nn.Module:
