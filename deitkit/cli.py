@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -80,6 +81,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="storage type of the probabilities (float16 halves the size)")
     p.set_defaults(resume=None, force=False)
+
+    p = sub.add_parser("bench", help="time our training step against a timm reference step "
+                                     "(and data loading, evaluation, FLOP/s) in one run")
+    from .bench import BenchConfig
+    for f in dataclasses.fields(BenchConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", help=f"(default: {f.default})")
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default,
+                           help=f"(default: {f.default})")
+    p.add_argument("--json", help="also write the results to this JSON file")
 
     sub.add_parser("recipes", help="list the named recipes")
 
@@ -186,6 +199,12 @@ def _main(argv: Optional[list[str]] = None) -> int:
             print(format_eval(res))
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+            return 0
+        if args.command == "bench":
+            from .bench import BenchConfig, main_bench
+            bcfg = BenchConfig(**{f.name: getattr(args, f.name)
+                                  for f in dataclasses.fields(BenchConfig)})
+            main_bench(bcfg, args.json)
             return 0
         if args.command == "slurm":
             from .slurm import submit

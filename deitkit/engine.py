@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import time
 import zlib
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .data.sources import _ForkRng
@@ -22,18 +23,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """Autocast to `amp_dtype` (None: fp32). On a CPU in bf16 it also selects the math
-    attention kernel: torch's CPU flash-attention backward in bf16 is 10x slower than the
-    rest of a DeiT-Tiny step (measured, docs/performance.md), and the math kernel is fast for
-    the short token sequences of small images."""
+    """Autocast to `amp_dtype` (None: fp32)."""
     if amp_dtype is None:
         return nullcontext()
-    stack = ExitStack()
-    stack.enter_context(torch.autocast(device_type=device.type, dtype=amp_dtype))
-    if device.type == "cpu" and amp_dtype == torch.bfloat16:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-    return stack
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def batch_seed(run_seed: int, epoch: int, rank: int, step: int) -> int:
@@ -91,19 +84,24 @@ def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optim
     for step, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        images, targets = mix_batch(mixer, images, labels, batch_seed(seed, epoch, rank, step))
+        with record_function("mix"):
+            images, targets = mix_batch(mixer, images, labels,
+                                        batch_seed(seed, epoch, rank, step))
         teacher_logits = None
         if criterion.needs_teacher and store is not None:
-            if store_verify_batches < 0 or step < store_verify_batches:
-                store.verify(epoch, step, view_checksum(images))
-            teacher_logits = store.logits(epoch, step, device)     # [B, C] log-probabilities
+            with record_function("teacher"):
+                if store_verify_batches < 0 or step < store_verify_batches:
+                    store.verify(epoch, step, view_checksum(images))
+                teacher_logits = store.logits(epoch, step, device)  # [B, C] log-probabilities
         with autocast(device, amp_dtype):
             if criterion.needs_teacher and teacher_logits is None:
-                teacher_logits = teacher(images).float()
-            cls_logits, dist_logits = forward_heads(model, images)
-            parts = criterion(cls_logits.float(),
-                              None if dist_logits is None else dist_logits.float(),
-                              targets, teacher_logits)
+                with record_function("teacher"):
+                    teacher_logits = teacher(images).float()
+            with record_function("student_forward"):
+                cls_logits, dist_logits = forward_heads(model, images)
+                parts = criterion(cls_logits.float(),
+                                  None if dist_logits is None else dist_logits.float(),
+                                  targets, teacher_logits)
         loss = parts["loss"]
         bad |= ~torch.isfinite(loss.detach())
         what = None
@@ -124,22 +122,25 @@ def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optim
             optimizer.zero_grad(set_to_none=True)
             continue
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step_update(num_updates=epoch * n_steps + step + 1)
+        with record_function("backward"):
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+        with record_function("optimizer"):
+            if clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step_update(num_updates=epoch * n_steps + step + 1)
         if ema is not None:
-            ema.update(model, step=epoch * n_steps + step + 1)
+            with record_function("ema"):
+                ema.update(model, step=epoch * n_steps + step + 1)
         with torch.no_grad():
             pred = fuse(cls_logits.float(), None if dist_logits is None else dist_logits.float())
             correct = (pred.argmax(-1) == labels).sum() if mixer is None else \

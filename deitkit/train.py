@@ -38,7 +38,8 @@ from .distill import DistillationLoss
 from .distill.store import open_store
 from .distributed import DistInfo, barrier, gather_objects, init_distributed
 from .engine import evaluate, train_one_epoch
-from .models import Teacher, create_cnn, create_student, create_teacher, has_dist_token
+from .models import (Teacher, create_cnn, create_student, create_teacher, has_dist_token,
+                     tune_attention)
 from .models.teacher import load_weights
 
 # timm names that map to a torch optimiser with a fused implementation (CPU and CUDA)
@@ -352,6 +353,7 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
         teacher, store = None, None
         criterion = DistillationLoss("none", heads="cls", smoothing=cfg.aug.smoothing)
     model.to(device)
+    tune_attention(model, device, amp_dtype)
     if teacher is not None:
         teacher.to(device)
         if cfg.teacher.optimize:

@@ -1,6 +1,7 @@
 """Student and teacher factories."""
-from .student import DEIT_NAMES, StudentOutput, create_student, has_dist_token, student_forward
+from .student import (DEIT_NAMES, StudentOutput, create_student, has_dist_token, student_forward,
+                      tune_attention)
 from .teacher import Teacher, create_teacher, create_cnn
 
 __all__ = ["DEIT_NAMES", "StudentOutput", "create_student", "has_dist_token", "student_forward",
-           "Teacher", "create_teacher", "create_cnn"]
+           "Teacher", "create_teacher", "create_cnn", "tune_attention"]
