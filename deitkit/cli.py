@@ -94,6 +94,19 @@ def make_parser() -> argparse.ArgumentParser:
                            help=f"(default: {f.default})")
     p.add_argument("--json", help="also write the results to this JSON file")
 
+    p = sub.add_parser("study", help="run one of the studies and write its report "
+                                     "(aug-strength, aug-ablation, distill-heads, teacher-kind, "
+                                     "data-scale)")
+    p.add_argument("name", help="study name")
+    p.add_argument("--data", help="dataset (the tiny budget defaults to digits)")
+    p.add_argument("--budget", default="tiny", choices=("tiny", "quick", "full"),
+                   help="tiny: seconds, CI; quick: CIFAR-10 on 2 CPU cores, <= 45 min per "
+                        "study; full: one GPU (default: tiny)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per setting (default 1)")
+    p.add_argument("--root", default="runs/studies",
+                   help="folder of study folders and shared teachers (default runs/studies)")
+    p.add_argument("--device", default="auto")
+
     sub.add_parser("recipes", help="list the named recipes")
 
     p = sub.add_parser("data", help="dataset tools")
@@ -199,6 +212,12 @@ def _main(argv: Optional[list[str]] = None) -> int:
             print(format_eval(res))
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+            return 0
+        if args.command == "study":
+            from .studies import run_study
+            cmd = "deitkit " + " ".join(argv)
+            run_study(args.name, args.data, args.budget, args.seeds, args.root, args.device,
+                      command=cmd)
             return 0
         if args.command == "bench":
             from .bench import BenchConfig, main_bench

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from .config import ConfigError, TrainConfig, build_config, dump_yaml, to_dict
-from .data import (DatasetBundle, RepeatedAugSampler, ShardSampler, build_eval_transform,
+from .data import (DatasetBundle, RepeatedAugSampler, ShardSampler, TransformDataset,
+                   build_eval_transform,
                    build_mixer,
                    build_train_transform, load_dataset)
 from .distill import DistillationLoss
@@ -47,7 +48,7 @@ FUSED_OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov")
 
 SUMMARY_KEYS = ("cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
                 "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
-                "student_teacher_agreement")
+                "student_teacher_agreement", "train_clean_top1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +129,20 @@ def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device,
                             sampler=ShardSampler(len(val_ds), dist_info.world, dist_info.rank),
                             **common)
     return train_loader, val_loader
+
+
+def build_train_eval_loader(cfg: TrainConfig, bundle: DatasetBundle,
+                            dist_info: DistInfo = DistInfo()):
+    """A fixed, seeded subset of `cfg.eval_train_images` training images, un-augmented."""
+    n = min(cfg.eval_train_images, len(bundle.train))
+    keep = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(1234))[:n]
+    sub = TransformDataset(bundle.train.base, [bundle.train.indices[i] for i in keep.tolist()])
+    ds = sub.with_transform(build_eval_transform(cfg.aug, cfg.data.img_size, cfg.data.mean,
+                                                 cfg.data.std),
+                            on_bad_image=cfg.data.on_bad_image)
+    return DataLoader(ds, batch_size=cfg.data.eval_batch_size,
+                      sampler=ShardSampler(len(ds), dist_info.world, dist_info.rank),
+                      num_workers=cfg.data.num_workers)
 
 
 def _meta(cfg: TrainConfig, role: str, bundle: DatasetBundle) -> dict:
@@ -328,6 +343,8 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
                               digits_size=cfg.data.img_size)
     skip_log = out / "skipped_images.txt"
     train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log, d)
+    train_eval_loader = (build_train_eval_loader(cfg, bundle, d) if cfg.eval_train_images > 0
+                         else None)
 
     if role == "student":
         model = build_student(cfg, bundle.num_classes)
@@ -423,6 +440,11 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             last_eval = evaluate(model, val_loader, device, teacher, cfg.distill.fusion, amp_dtype)
             record.update(last_eval)
+            if train_eval_loader is not None:
+                clean = evaluate(model, train_eval_loader, device, None, cfg.distill.fusion,
+                                 amp_dtype)
+                record["train_clean_top1"] = clean["fused_top1"]
+                last_eval["train_clean_top1"] = clean["fused_top1"]
             if ema is not None:
                 ema_eval = evaluate(ema.module, val_loader, device, None, cfg.distill.fusion,
                                     amp_dtype)
@@ -455,6 +477,7 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
 
     summary = {k: last_eval.get(k) for k in SUMMARY_KEYS}
     summary.update({"role": role, "model": cfg.model.name, "dataset": bundle.name,
+                    "num_classes": bundle.num_classes,
                     "epochs": cfg.epochs, "best_fused_top1": best, "best_epoch": best_epoch,
                     "train_images": len(bundle.train), "eval_images": last_eval.get("eval_images"),
                     "ema_fused_top1": record.get("ema_fused_top1"),

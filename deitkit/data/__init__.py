@@ -1,9 +1,10 @@
 """Dataset sources, augmentation stacks, batch mixing and samplers."""
-from .sources import DataError, DatasetBundle, load_dataset, stratified_subset
+from .sources import (DataError, DatasetBundle, TransformDataset, load_dataset,
+                      stratified_subset)
 from .transforms import build_eval_transform, build_train_transform
 from .mixing import build_mixer
 from .sampler import RepeatedAugSampler, SampleKey, ShardSampler
 
-__all__ = ["DataError", "DatasetBundle", "load_dataset", "stratified_subset",
+__all__ = ["DataError", "DatasetBundle", "TransformDataset", "load_dataset", "stratified_subset",
            "build_train_transform", "build_eval_transform", "build_mixer", "RepeatedAugSampler",
            "SampleKey", "ShardSampler"]

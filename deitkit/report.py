@@ -1,0 +1,146 @@
+"""Plots and reports built from a study folder's results.json (itself built from the run
+folders' metrics.jsonl and summary.json files): `write_report(study_dir)`.
+
+A cell in a table is a number, a string, or {"mean", "std", "n"} (percent, over seeds); it is
+printed as "mean ± std" exactly as stored, so the report's numbers are results.json's numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def fmt(cell: Any) -> str:
+    if cell is None:
+        return "n/a"
+    if isinstance(cell, dict):
+        return f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+    if isinstance(cell, float):
+        return f"{cell:g}" if abs(cell) < 1 and cell != 0 else f"{cell:.2f}"
+    return str(cell)
+
+
+def markdown_table(table: dict) -> str:
+    head = "| " + " | ".join(table["columns"]) + " |"
+    sep = "|" + "|".join("---" for _ in table["columns"]) + "|"
+    body = ["| " + " | ".join(fmt(c) for c in row) + " |" for row in table["rows"]]
+    return "\n".join([head, sep, *body])
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_png(spec: dict, out: Path) -> None:
+    """A line plot (with error bars) or a grouped bar chart from a plot spec."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=90)
+    series = spec["series"]
+    if spec.get("kind") == "bar":
+        labels = series[0]["x"]
+        width = 0.8 / len(series)
+        for i, s in enumerate(series):
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
+            ys = [0 if (y is None or (isinstance(y, float) and math.isnan(y))) else y
+                  for y in s["y"]]
+            ax.bar(xs, ys, width=width, label=s["label"])
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+    else:
+        for s in series:
+            if not s["x"]:
+                continue
+            ax.errorbar(s["x"], s["y"], yerr=s.get("yerr"), marker="o", capsize=3,
+                        label=s["label"])
+        if spec.get("xlog"):
+            ax.set_xscale("log")
+    ax.set_title(spec["title"], fontsize=10)
+    ax.set_xlabel(spec.get("xlabel", ""))
+    ax.set_ylabel(spec.get("ylabel", ""))
+    ax.grid(alpha=0.3)
+    if len(series) > 1 or spec.get("kind") != "bar":
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def gallery_png(items: list[dict], out: Path, cols: int = 4) -> None:
+    """Images with captions: truth, class head, distillation head, teacher."""
+    plt = _plt()
+    n = max(1, len(items))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), dpi=80,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, it in zip(axes.flat, items):
+        ax.imshow(it["image"])
+        ax.set_title(f"true {it['truth']}\ncls {it['class_head']} | dist {it['dist_head']}"
+                     f"\nteacher {it['teacher']}", fontsize=7)
+    if not items:
+        axes[0][0].text(0.5, 0.5, "the heads agreed on every image", ha="center")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def write_report(study_dir: str | Path) -> Path:
+    """Render study_dir/results.json into PNG plots and report.md; return report.md's path."""
+    study_dir = Path(study_dir)
+    res = json.loads((study_dir / "results.json").read_text())
+    for spec in res.get("plots", []):
+        plot_png(spec, study_dir / spec["file"])
+    b = res["budget_settings"]
+    n_runs = len({(r["name"], r["seed"]) for r in res["runs"]})
+    lines = [f"# {res['title']}", "",
+             f"**Claim tested.** {res['claim']}", "",
+             f"Command: `{res['command']}`", "",
+             f"Budget `{res['budget']}`: data `{res['data']}`, {b['img_size']} px, DeiT-Tiny "
+             f"students with {b['depth']} blocks at patch {b['patch_size']}, {b['epochs']} "
+             f"epochs at training fraction {b['train_fraction']:g}, batch {b['batch_size']}. "
+             f"{n_runs} runs, **{res['seeds']} seed(s) per setting**; cells are mean ± standard "
+             f"deviation over seeds, top-1 in percent. Training accuracy is measured on "
+             f"{b['eval_train_images']} training images without augmentation.", "",
+             "## What the numbers say", ""]
+    lines += [f"- {f}" for f in res.get("findings", [])]
+    lines.append("")
+    for t in res.get("tables", []):
+        lines += [f"## {t['title']} ({res['seeds']} seed(s))", "", markdown_table(t), ""]
+    for spec in res.get("plots", []):
+        lines += [f"![{spec['title']}]({spec['file']})", ""]
+    g = res.get("gallery")
+    if g:
+        lines += ["## Where the heads disagree", "",
+                  f"Validation images where the class head and the distillation head disagree "
+                  f"(first {len(g['items'])}, from the run `{Path(_first_dir(res)).name}`).", "",
+                  f"![disagreements]({g['file']})", ""]
+    if res.get("teachers_trained") or res.get("teachers_reused"):
+        lines += ["## Teachers", "",
+                  f"Trained for this invocation: {len(res.get('teachers_trained', []))}; "
+                  f"reused from earlier runs: {len(res.get('teachers_reused', []))} "
+                  "(teachers are shared between studies, keyed by data, fraction, recipe and "
+                  "seed).", ""]
+    lines += ["## Runs", "", "| run | seed | fused top-1 | epochs | wall time (s) | folder |",
+              "|---|---|---|---|---|---|"]
+    for r in res["runs"]:
+        s = r["summary"]
+        top1 = "n/a" if s.get("fused_top1") is None else f"{100 * s['fused_top1']:.2f}"
+        lines.append(f"| {r['name']} | {r['seed']} | {top1} | {s.get('epochs')} | "
+                     f"{s.get('wall_seconds', 0):.0f} | `{r['run_dir']}` |")
+    path = study_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _first_dir(res: dict) -> str:
+    for r in res["runs"]:
+        if r["name"] == "both-hard":
+            return r["run_dir"]
+    return ""

@@ -1,0 +1,158 @@
+"""Studies: each end to end at the tiny budget; the report generator on recorded metric files."""
+import json
+import statistics
+
+import pytest
+
+from deitkit.cli import main
+from deitkit.config import ConfigError
+from deitkit.report import fmt, write_report
+from deitkit.studies import STUDIES, run_study
+from deitkit.studies.catalog import agg
+
+
+def _tables_in(report: str) -> dict:
+    """{heading: [[cell, ...], ...]} for every markdown table under a '## ' heading."""
+    tables, heading, rows = {}, None, None
+    for line in report.splitlines():
+        if line.startswith("## "):
+            heading, rows = line[3:], []
+            tables[heading] = rows
+        elif line.startswith("|") and rows is not None and not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return {h: r[1:] for h, r in tables.items() if r}  # drop the header row
+
+
+def _check_report(study_dir):
+    res = json.loads((study_dir / "results.json").read_text())
+    report = (study_dir / "report.md").read_text()
+    tables = _tables_in(report)
+    for t in res["tables"]:
+        heading = f"{t['title']} ({res['seeds']} seed(s))"
+        assert heading in tables, heading
+        assert tables[heading] == [[fmt(c) for c in row] for row in t["rows"]]
+    for finding in res["findings"]:
+        assert f"- {finding}" in report
+    for spec in res["plots"]:
+        png = study_dir / spec["file"]
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+        assert f"]({spec['file']})" in report
+    runs = tables["Runs"]
+    assert len(runs) == len(res["runs"])
+    for row, r in zip(runs, res["runs"]):
+        assert row[0] == r["name"] and float(row[2]) == pytest.approx(
+            100 * r["summary"]["fused_top1"], abs=0.006)
+    return res
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("studies")
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_study_end_to_end_tiny(root, name):
+    study_dir = run_study(name, budget="tiny", root=root, device="cpu", log=lambda *a: None)
+    res = _check_report(study_dir)
+    assert res["study"] == name and res["budget"] == "tiny" and res["seeds"] == 1
+    assert all(r["summary"]["fused_top1"] is not None for r in res["runs"])
+    if name == "distill-heads":
+        assert (study_dir / "disagreements.png").is_file() or res["gallery"] is None
+        row = res["tables"][0]["rows"][3]               # both tokens, hard distillation
+        assert row[4] is not None and row[5] is not None  # head agreement, token cosine
+    if name == "teacher-kind":
+        # the CNN teacher at the base fraction was trained for distill-heads and reused here
+        assert any("cnn-resnet18" in t for t in res["teachers_reused"])
+        assert not any(t in res["teachers_trained"] for t in res["teachers_reused"])
+
+
+def test_finished_study_is_not_rerun(root):
+    lines = []
+    run_study("aug-strength", budget="tiny", root=root, device="cpu", log=lines.append)
+    assert sum("(finished before)" in line for line in lines) == 4
+    mtimes = {p: p.stat().st_mtime for p in root.glob("aug-strength-*/runs/*/summary.json")}
+    assert len(mtimes) == 4
+
+
+def test_teachers_are_keyed_and_never_duplicated(root):
+    keys = [p.name for p in (root / "teachers").iterdir()]
+    assert len(keys) == len(set(keys))
+    # distill-heads and teacher-kind (fraction 0.25) share one resnet18 teacher: one folder
+    assert sum(k.startswith("cnn-resnet18") for k in keys) == 2  # fractions 0.25 and 0.5
+
+
+def test_study_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown study"):
+        run_study("nope", root=tmp_path)
+    with pytest.raises(ConfigError, match="needs --data"):
+        run_study("aug-strength", budget="quick", root=tmp_path)
+    assert main(["study", "nope", "--root", str(tmp_path)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the report generator on recorded metric files (no training)
+
+def _fake_run(folder, train_clean, val, epochs=3):
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"epoch": e + 1, "train_top1": 0.1, "fused_top1": val * (e + 1) / epochs,
+                         "train_clean_top1": train_clean * (e + 1) / epochs})
+             for e in range(epochs)]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "summary.json").write_text(json.dumps({
+        "fused_top1": val, "train_clean_top1": train_clean, "epochs": epochs,
+        "wall_seconds": 1.0, "num_classes": 10, "train_images": 100}))
+
+
+def _recorded_study(tmp_path, numbers):
+    """An aug-strength study folder whose runs were 'recorded' with the given numbers."""
+    from deitkit.studies.catalog import STUDIES as S
+    from deitkit.studies.runner import BUDGETS, collect_run
+    study_dir = tmp_path / "aug-strength-recorded"
+    runs = []
+    for m, seeds in numbers.items():
+        for seed, (tr, va) in enumerate(seeds):
+            d = study_dir / "runs" / f"m{m}-s{seed}"
+            _fake_run(d, tr, va)
+            runs.append({"name": f"m{m}", "labels": {"magnitude": m}, "seed": seed,
+                         "role": "student", "overrides": [], "teacher": None,
+                         **collect_run(d), "run_dir": str(d)})
+    record = {"study": "aug-strength", "title": S["aug-strength"].title,
+              "claim": S["aug-strength"].claim, "budget": "tiny",
+              "budget_settings": dict(BUDGETS["tiny"].__dict__), "data": "recorded",
+              "seeds": 2, "command": "recorded", "runs": runs}
+    record.update(S["aug-strength"].analyze(record, study_dir))
+    (study_dir / "results.json").write_text(json.dumps(record))
+    write_report(study_dir)
+    return study_dir, record
+
+
+def test_report_from_recorded_metrics(tmp_path):
+    # gap (train - val) shrinks from 40 points at m0 to 10 at m14: the claim holds
+    numbers = {0: [(0.95, 0.55), (0.93, 0.53)], 5: [(0.90, 0.60), (0.88, 0.60)],
+               9: [(0.85, 0.66), (0.83, 0.64)], 14: [(0.75, 0.65), (0.73, 0.63)]}
+    study_dir, record = _recorded_study(tmp_path, numbers)
+    _check_report(study_dir)
+    row0 = record["tables"][0]["rows"][0]
+    assert row0[1] == {"mean": 94.0, "std": round(statistics.stdev([95.0, 93.0]), 2), "n": 2}
+    assert fmt(row0[2]) == "54.00 ± 1.41"
+    assert row0[3]["mean"] == pytest.approx(40.0)
+    assert any("narrowed it, as claimed" in f for f in record["findings"])
+    assert any("highest at magnitude 9" in f for f in record["findings"])
+    curves = record["plots"][1]["series"]
+    assert curves[0]["x"] == [1, 2, 3] and curves[0]["y"][-1] == pytest.approx(54.0)
+
+
+def test_report_says_when_data_contradict_the_claim(tmp_path):
+    numbers = {0: [(0.70, 0.60), (0.70, 0.60)], 5: [(0.80, 0.60), (0.80, 0.60)],
+               9: [(0.90, 0.60), (0.90, 0.60)], 14: [(0.95, 0.55), (0.95, 0.55)]}
+    _, record = _recorded_study(tmp_path, numbers)
+    assert any("widened it, contrary to the claim" in f for f in record["findings"])
+    # and when the change is within noise it says that instead of a verdict
+    numbers = {m: [(0.70, 0.60), (0.70, 0.60)] for m in (0, 5, 9, 14)}
+    _, record = _recorded_study(tmp_path / "flat", numbers)
+    assert any("within noise" in f for f in record["findings"])
+
+
+def test_agg():
+    assert agg([0.5, 0.7]) == {"mean": 60.0, "std": round(statistics.stdev([50, 70]), 2), "n": 2}
+    assert agg([None]) is None
