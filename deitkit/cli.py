@@ -106,6 +106,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs/studies",
                    help="folder of study folders and shared teachers (default runs/studies)")
     p.add_argument("--device", default="auto")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="applied to every run of the study, e.g. data.num_workers=12")
 
     sub.add_parser("recipes", help="list the named recipes")
 
@@ -217,7 +219,7 @@ def _main(argv: Optional[list[str]] = None) -> int:
             from .studies import run_study
             cmd = "deitkit " + " ".join(argv)
             run_study(args.name, args.data, args.budget, args.seeds, args.root, args.device,
-                      command=cmd)
+                      command=cmd, overrides=tuple(args.overrides))
             return 0
         if args.command == "bench":
             from .bench import BenchConfig, main_bench

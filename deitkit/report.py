@@ -53,11 +53,14 @@ def plot_png(spec: dict, out: Path) -> None:
         ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
     else:
+        colors: dict = {}  # series with the same color_key share a colour (train/val pairs)
         for s in series:
             if not s["x"]:
                 continue
+            key = s.get("color_key", s["label"])
+            color = colors.setdefault(key, f"C{len(colors) % 10}")
             ax.errorbar(s["x"], s["y"], yerr=s.get("yerr"), marker="o", capsize=3,
-                        label=s["label"])
+                        label=s["label"], color=color, linestyle=s.get("linestyle", "-"))
         if spec.get("xlog"):
             ax.set_xscale("log")
     ax.set_title(spec["title"], fontsize=10)

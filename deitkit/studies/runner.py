@@ -83,8 +83,9 @@ class TeacherSpec:
     overrides: tuple = ()
     label: str = ""
 
-    def key(self, data: str, seed: int) -> str:
-        text = json.dumps([data, self.model, self.kind, self.recipe, list(self.overrides), seed])
+    def key(self, data: str, seed: int, extra: tuple = ()) -> str:
+        text = json.dumps([data, self.model, self.kind, self.recipe, list(self.overrides), seed]
+                          + sorted(extra))
         short = hashlib.sha1(text.encode()).hexdigest()[:10]
         return f"{self.kind}-{self.model}-s{seed}-{short}"
 
@@ -121,8 +122,9 @@ def collect_run(run: Path) -> dict:
 
 class StudyRunner:
     def __init__(self, root: Path, data: str, budget: Budget, seeds: int, log=print,
-                 device: str = "auto", progress: bool = False):
+                 device: str = "auto", progress: bool = False, extra: tuple = ()):
         self.root, self.data, self.budget, self.seeds = Path(root), data, budget, seeds
+        self.extra = list(extra)  # the user's overrides, applied to every run and teacher
         self.log, self.device, self.progress = log, device, progress
         self.teachers_trained: list[str] = []
         self.teachers_reused: list[str] = []
@@ -135,10 +137,15 @@ class StudyRunner:
                 f"data.num_workers={b.num_workers}", f"eval_every={b.eval_every}",
                 f"eval_train_images={b.eval_train_images}", f"amp={b.amp}"]
 
+    def with_extra(self, overrides: list) -> list:
+        return list(overrides) + self.extra
+
     def teacher_dir(self, spec: TeacherSpec, seed: int) -> Path:
         """Train `spec` once (or resume it); later calls reuse the folder."""
         from ..train import train, train_teacher
-        out = self.root / "teachers" / spec.key(self.data, seed)
+        free = ("data.num_workers", "progress", "device", "data.eval_batch_size")
+        keyed = tuple(o for o in self.extra if o.split("=", 1)[0] not in free)
+        out = self.root / "teachers" / spec.key(self.data, seed, keyed)
         if (out / "summary.json").is_file():
             if str(out) not in self.teachers_trained + self.teachers_reused:
                 self.teachers_reused.append(str(out))
@@ -148,7 +155,7 @@ class StudyRunner:
         self.log(f"  {'resuming' if resume else 'training'} teacher {spec.label or spec.model}"
                  f" in {out}")
         overrides = self.common(seed, out) + [f"model.name={spec.model}", *spec.overrides]
-        cfg = build_config(spec.recipe, overrides=overrides)
+        cfg = build_config(spec.recipe, overrides=self.with_extra(overrides))
         if spec.kind == "cnn":
             train_teacher(cfg, log=_quiet, resume=resume)
         else:
@@ -166,7 +173,8 @@ class StudyRunner:
             overrides = self.common(seed, out) + list(spec.overrides)
             if spec.teacher is not None:
                 overrides.append(f"teacher.name={self.teacher_dir(spec.teacher, seed)}")
-            cfg = build_config(spec.recipe or self.budget.recipe, overrides=overrides)
+            cfg = build_config(spec.recipe or self.budget.recipe,
+                               overrides=self.with_extra(overrides))
             resume = (out / "checkpoint-last.pt").is_file()
             train(cfg, log=_quiet, resume=resume)
         return {**collect_run(out), "run_dir": str(out)}
@@ -178,8 +186,12 @@ def _quiet(*args, **kwargs) -> None:
 
 def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds: int = 1,
               root: str | Path = "runs/studies", device: str = "auto", log=print,
-              command: str = "") -> Path:
-    """Run study `name` and write its folder (results.json, PNGs, report.md); return it."""
+              command: str = "", overrides: tuple = ()) -> Path:
+    """Run study `name` and write its folder (results.json, PNGs, report.md); return it.
+
+    overrides: `key=value` strings applied to every run (e.g. `data.num_workers=12`). Keys that
+    change results also change the teacher keys, so such teachers are not shared with runs
+    made without them."""
     from ..report import write_report
     from .catalog import STUDIES
     if name not in STUDIES:
@@ -198,7 +210,7 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
     root = Path(root)
     study_dir = root / f"{name}-{budget}-{tag}"
     study_dir.mkdir(parents=True, exist_ok=True)
-    runner = StudyRunner(root, data, b, seeds, log=log, device=device)
+    runner = StudyRunner(root, data, b, seeds, log=log, device=device, extra=tuple(overrides))
     specs = study.runs(b)
     t0 = time.perf_counter()
     results = []
