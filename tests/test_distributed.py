@@ -128,3 +128,25 @@ def test_an_error_on_one_rank_ends_every_rank(tmp_path):
     assert r.returncode != 0
     assert time.time() - t0 < 180
     assert f"cannot read image '{bad}'" in r.stderr and "(rank 1)" in r.stderr
+
+
+def test_teacher_store_per_rank_under_two_processes(teacher, tmp_path):
+    """A store recorded by 2 processes (one file per rank and epoch) serves a 2-process run,
+    which then matches the 2-process online-teacher run; a 1-process run is refused."""
+    store, online, stored = tmp_path / "store", tmp_path / "online", tmp_path / "stored"
+    mix = ["aug.mixup=0.8", "aug.cutmix=1.0", "data.batch_size=16", "distill.kind=soft"]
+    common = [*COMMON, *mix, "--epochs", "2", "--teacher", str(teacher)]
+    r = _run(TORCHRUN + ["store", "--out", str(store), *common])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in store.glob("epoch-*.npz")) == [
+        f"epoch-{e:04d}-rank{k}.npz" for e in range(2) for k in range(2)]
+    r = _run(TORCHRUN + ["train", "--out", str(online), *common])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run(TORCHRUN + ["train", "--out", str(stored), *common, f"distill.store={store}",
+                         "distill.store_verify_batches=-1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for a, b in zip(_metrics(online), _metrics(stored)):
+        for key in ("train_loss", "train_distill_loss", "fused_top1"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    r = _run(ONE + ["train", "--out", str(tmp_path / "one"), *common, f"distill.store={store}"])
+    assert r.returncode == 2 and "world_size" in r.stderr
