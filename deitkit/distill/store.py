@@ -170,8 +170,10 @@ class TeacherStore:
         self._load(epoch)
         values = torch.from_numpy(self._data["values"][step].astype(np.float32))
         indices = torch.from_numpy(self._data["indices"][step].astype(np.int64))
-        return reconstruct_log_probs(values, indices, self.num_classes).to(device,
-                                                                            non_blocking=True)
+        out = reconstruct_log_probs(values, indices, self.num_classes)
+        if torch.device(device).type == "cuda":  # pinned: the copy does not wait for the GPU
+            out = out.pin_memory()
+        return out.to(device, non_blocking=True)
 
 
 def open_store(cfg: TrainConfig, bundle, world: int, rank: int, steps: int,

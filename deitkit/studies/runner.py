@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import ConfigError, TrainConfig, build_config
+from ..config import ConfigError, build_config
 
 
 @dataclass
