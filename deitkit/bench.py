@@ -274,6 +274,32 @@ def profile_share(run: Callable, batches: list) -> dict:
     return share
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear",
+              "aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution",
+              "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+              "aten::_scaled_dot_product_flash_attention",
+              "aten::_scaled_dot_product_flash_attention_backward",
+              "aten::_scaled_dot_product_efficient_attention",
+              "aten::_scaled_dot_product_efficient_attention_backward",
+              "aten::_scaled_dot_product_cudnn_attention",
+              "aten::_scaled_dot_product_cudnn_attention_backward")
+
+
+def matmul_time_share(run: Callable, batches: list) -> float:
+    """Share of the operators' own (self) CPU time spent in matmul, convolution and attention
+    kernels: the part of a step that can run near the matmul peak. The rest (norms,
+    activations, softmax, copies, optimiser, EMA) is memory-bound, so FLOP/s over the whole
+    step cannot exceed about this share of the peak."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(batches)
+    evts = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in evts)
+    mm = sum(e.self_cpu_time_total for e in evts if e.key in MATMUL_OPS)
+    return mm / total if total else 0.0
+
+
 def run_bench(cfg: BenchConfig, log=print) -> dict:
     from .train import cpu_has_native_bf16, resolve_device
     device = resolve_device(cfg.device)
@@ -358,6 +384,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
     # phase breakdown of our fp32 online-teacher step
     share = profile_share(next(v for v in variants if v.name == "ours_fp32").run_fn, batches)
+    mm_share = matmul_time_share(next(v for v in variants if v.name == "ours_nodistill_fp32")
+                                 .run_fn, batches)
 
     # evaluation throughput
     ev = {}
@@ -393,6 +421,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         "model_shape_fraction_of_peak": shape_fp32 / peak_fp32,
         "model_flops_fraction_of_peak":
             student_flops * ips["ours_nodistill_fp32"] / cfg.batch_size / peak_fp32,
+        "matmul_time_share_nodistill_fp32": mm_share,
         "distill_step_flops_fraction_of_peak":
             (student_flops + teacher_flops) * ips["ours_fp32"] / cfg.batch_size / peak_fp32,
         "reference_flops_fraction_of_peak":
@@ -432,6 +461,9 @@ def format_bench(res: dict) -> str:
               f"{'student MLP matmul alone, of peak':<40}"
               f"{res['model_shape_fraction_of_peak']:>8.2f}  ({'x'.join(map(str, res['matmul_model_shape']))}"
               f" at {res['matmul_model_shape_fp32_gflops']:.0f} GFLOP/s: the ceiling its shapes allow)",
+              f"{'matmul/conv/attention share of op time':<40}"
+              f"{res['matmul_time_share_nodistill_fp32']:>8.2f}  (student fp32 step; the rest "
+              "is memory-bound, so this bounds the fraction of peak)",
               f"{'distillation step, fraction of peak':<40}"
               f"{res['distill_step_flops_fraction_of_peak']:>8.2f}  (ours fp32; reference "
               f"{res['reference_flops_fraction_of_peak']:.2f})", "",
