@@ -78,7 +78,7 @@ def tune_attention(model: nn.Module, device: torch.device,
     """On a CPU in bf16, switch timm's attention blocks to their explicit form.
 
     timm calls torch's fused `scaled_dot_product_attention`. On a CPU in bf16 its flash
-    kernel's backward is slow (12.8 ms per block vs 0.9 ms in fp32 for DeiT-Tiny at 64 px,
+    kernel's backward is slow (12.8 ms per block vs 1.0 ms in fp32 for DeiT-Tiny at 64 px,
     batch 64: half the step), and its math kernel computes the softmax in bf16, which cost a
     4-block student 32 points of accuracy in an 8-epoch digits run (0.175 vs 0.50). timm's
     explicit form runs the matmuls in bf16 and, under autocast, the softmax in fp32: as fast

@@ -26,9 +26,17 @@ def _student(b: Budget, distilled: bool) -> list[str]:
             f"epochs={b.epochs}", f"optim.warmup_epochs={min(2, b.epochs - 1)}"]
 
 
+def _epochs(b: Budget, fraction: float, epochs: int) -> list[str]:
+    """Epochs scaled to the fraction, and evaluation as often (in epochs) as at the base
+    fraction, so a small-data run is not dominated by evaluating the full validation set."""
+    e = b.epochs_for(fraction, epochs)
+    every = max(b.eval_every, round(b.eval_every * e / epochs))
+    return [f"epochs={e}", f"eval_every={every}"]
+
+
 def _cnn_teacher(b: Budget, fraction: float, model: str = "resnet18") -> TeacherSpec:
     return TeacherSpec(model, "cnn", "cnn-teacher", (
-        f"data.train_fraction={fraction}", f"epochs={b.epochs_for(fraction, b.teacher_epochs)}",
+        f"data.train_fraction={fraction}", *_epochs(b, fraction, b.teacher_epochs),
         "model.small_stem=false"), label=f"{model} @ {fraction:g}")
 
 
@@ -36,7 +44,7 @@ def _vit_teacher(b: Budget, fraction: float) -> TeacherSpec:
     # the students' DeiT-Tiny, trained on labels only for twice the students' epochs: the ViT
     # teacher a study budget can afford (the report states how close it came to the CNN)
     return TeacherSpec("deit_tiny_patch16_224", "vit", b.recipe, (
-        f"data.train_fraction={fraction}", f"epochs={b.epochs_for(fraction, 2 * b.epochs)}",
+        f"data.train_fraction={fraction}", *_epochs(b, fraction, 2 * b.epochs),
         f"model.patch_size={b.patch_size}", f"model.overrides={{depth: {b.depth}}}",
         "distill.kind=none", *FULL_DEIT, "optim.warmup_epochs=2"), label=f"DeiT @ {fraction:g}")
 
@@ -385,7 +393,7 @@ def _teacher_kind_runs(b: Budget) -> list:
     for f in b.fractions:
         cnn, vit = _cnn_teacher(b, f), _vit_teacher(b, f)
         student = [*_student(b, True), *FULL_DEIT, "distill.kind=hard",
-                   f"data.train_fraction={f}", f"epochs={b.epochs_for(f)}"]
+                   f"data.train_fraction={f}", *_epochs(b, f, b.epochs)]
         runs += [RunSpec(f"cnn-teacher-f{f:g}", {"fraction": f, "teacher": "cnn"}, role="teacher",
                          teacher=cnn),
                  RunSpec(f"vit-teacher-f{f:g}", {"fraction": f, "teacher": "vit"}, role="teacher",
@@ -458,15 +466,15 @@ def _data_scale_runs(b: Budget) -> list:
     runs = []
     for f in b.scale_fractions:
         cnn = _cnn_teacher(b, f, SCALE_CNN)
-        e = b.epochs_for(f)
+        e = _epochs(b, f, b.epochs)
         runs += [RunSpec(f"cnn-f{f:g}", {"fraction": f, "model": "CNN"}, role="teacher",
                          teacher=cnn),
                  RunSpec(f"vit-f{f:g}", {"fraction": f, "model": "ViT"},
                          [*_student(b, False), *FULL_DEIT, "distill.kind=none",
-                          f"data.train_fraction={f}", f"epochs={e}"]),
+                          f"data.train_fraction={f}", *e]),
                  RunSpec(f"distilled-f{f:g}", {"fraction": f, "model": "distilled ViT"},
                          [*_student(b, True), *FULL_DEIT, "distill.kind=hard",
-                          f"data.train_fraction={f}", f"epochs={e}"], teacher=cnn)]
+                          f"data.train_fraction={f}", *e], teacher=cnn)]
     return runs
 
 
