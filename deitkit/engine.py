@@ -12,7 +12,7 @@ from torch import nn
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from .data.sources import _ForkRng
+from .data.sources import ForkRng
 from .distill import DistillationLoss, fuse
 from .distributed import all_reduce_sum
 from .models import Teacher, student_forward
@@ -39,7 +39,7 @@ def mix_batch(mixer, images: torch.Tensor, labels: torch.Tensor, seed: int):
     per-image augmentation is seeded per item by the dataset)."""
     if mixer is None:
         return images, labels
-    with _ForkRng(seed):
+    with ForkRng(seed):
         return mixer(images, labels)                               # targets: [B, C] soft
 
 

@@ -374,7 +374,6 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None, log
     if teacher is not None:
         teacher.to(device)
         if cfg.teacher.optimize:
-            _ = teacher.digest
             log(f"teacher forward: {teacher.optimize(device, amp_dtype)}")
     # only the trained model is wrapped in DDP, never the teacher
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"

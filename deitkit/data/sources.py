@@ -58,7 +58,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-class _ForkRng:
+class ForkRng:
     """Run a block under a seeded python/numpy/torch RNG, then restore the caller's streams.
 
     Inside a DataLoader worker the restore is skipped (the worker owns its RNG); in the main
@@ -148,7 +148,7 @@ class TransformDataset(Dataset):
             if seed is None:
                 img = self.transform(img)
             else:
-                with _ForkRng(seed):
+                with ForkRng(seed):
                     img = self.transform(img)
         return img, y
 
