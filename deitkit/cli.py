@@ -109,6 +109,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="applied to every run of the study, e.g. data.num_workers=12")
 
+    p = sub.add_parser("report", help="recompute a study folder's tables, plots, findings and "
+                                      "report.md from its results.json (no training)")
+    p.add_argument("study_dir", help="a study folder (ROOT/NAME-BUDGET-DATA)")
+
     sub.add_parser("recipes", help="list the named recipes")
 
     p = sub.add_parser("data", help="dataset tools")
@@ -214,6 +218,10 @@ def _main(argv: Optional[list[str]] = None) -> int:
             print(format_eval(res))
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+            return 0
+        if args.command == "report":
+            from .studies import reanalyze
+            print(f"report in {reanalyze(args.study_dir)}")
             return 0
         if args.command == "study":
             from .studies import run_study

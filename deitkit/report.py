@@ -48,7 +48,9 @@ def plot_png(spec: dict, out: Path) -> None:
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
             ys = [0 if (y is None or (isinstance(y, float) and math.isnan(y))) else y
                   for y in s["y"]]
-            ax.bar(xs, ys, width=width, label=s["label"])
+            err = s.get("yerr")
+            ax.bar(xs, ys, width=width, label=s["label"],
+                   yerr=err if err and any(err) else None, capsize=3)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)

@@ -8,7 +8,7 @@ from deitkit.cli import main
 from deitkit.config import ConfigError
 from deitkit.report import fmt, write_report
 from deitkit.studies import STUDIES, run_study
-from deitkit.studies.catalog import agg
+from deitkit.studies.catalog import agg, compare, paired, verdict
 
 
 def _tables_in(report: str) -> dict:
@@ -156,3 +156,49 @@ def test_report_says_when_data_contradict_the_claim(tmp_path):
 def test_agg():
     assert agg([0.5, 0.7]) == {"mean": 60.0, "std": round(statistics.stdev([50, 70]), 2), "n": 2}
     assert agg([None]) is None
+
+
+def test_paired_differences_cancel_what_seeds_share(tmp_path):
+    # seed 1 is 10 points above seed 0 in every setting (an easier subset, a luckier
+    # initialisation); magnitude 14 is 2 points below magnitude 0 at both seeds
+    numbers = {0: [(0.52, 0.50), (0.62, 0.60)], 5: [(0.51, 0.49), (0.61, 0.59)],
+               9: [(0.50, 0.485), (0.60, 0.585)], 14: [(0.50, 0.48), (0.60, 0.58)]}
+    _, record = _recorded_study(tmp_path, numbers)
+    d = paired(record, "m14", "m0")
+    assert d == {"mean": -2.0, "std": 0.0, "n": 2}
+    assert verdict(d) == -1
+    m0, m14 = (agg([r["summary"]["fused_top1"] for r in record["runs"] if r["name"] == n])
+               for n in ("m0", "m14"))
+    assert compare(m14["mean"], m0["mean"], max(m0["std"], m14["std"])) == 0  # unpaired: noise
+    assert any("changed by -2.00 ± 0.00 points" in f and "cost accuracy" in f
+               for f in record["findings"])
+    # a pairing over two metrics of the same runs
+    assert paired(record, "m0", "m0", "train_clean_top1", "fused_top1")["mean"] == 2.0
+    # seeds present in only one of the two settings are left out
+    record["runs"] = [r for r in record["runs"] if not (r["name"] == "m0" and r["seed"] == 1)]
+    assert paired(record, "m14", "m0")["n"] == 1
+
+
+def test_report_command_reanalyzes_a_copied_study_folder(tmp_path):
+    study_dir, record = _recorded_study(tmp_path, {
+        0: [(0.95, 0.55), (0.93, 0.53)], 5: [(0.90, 0.60), (0.88, 0.60)],
+        9: [(0.85, 0.66), (0.83, 0.64)], 14: [(0.75, 0.65), (0.73, 0.63)]})
+    # as if copied from another machine: no run folders, stale findings, no report or plots
+    import shutil
+    shutil.rmtree(study_dir / "runs")
+    stale = dict(record, findings=["stale"], tables=[])
+    (study_dir / "results.json").write_text(json.dumps(stale))
+    for f in list(study_dir.glob("*.png")) + [study_dir / "report.md"]:
+        f.unlink()
+    assert main(["report", str(study_dir)]) == 0
+    res = _check_report(study_dir)
+    assert res["findings"] == record["findings"] and res["tables"] == record["tables"]
+    # errors name the folder or file and what was wrong
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    (study_dir / "results.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        from deitkit.studies import reanalyze
+        reanalyze(study_dir)
+    (study_dir / "results.json").write_text(json.dumps({"study": "aug-strength"}))
+    with pytest.raises(ConfigError, match="missing runs, budget_settings"):
+        reanalyze(study_dir)

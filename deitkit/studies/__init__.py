@@ -1,5 +1,5 @@
 """The studies: each argument of the DeiT section as one command (`deitkit study NAME`)."""
 from .catalog import STUDIES
-from .runner import BUDGETS, Budget, RunSpec, TeacherSpec, run_study
+from .runner import BUDGETS, Budget, RunSpec, TeacherSpec, reanalyze, run_study
 
-__all__ = ["STUDIES", "BUDGETS", "Budget", "RunSpec", "TeacherSpec", "run_study"]
+__all__ = ["STUDIES", "BUDGETS", "Budget", "RunSpec", "TeacherSpec", "reanalyze", "run_study"]

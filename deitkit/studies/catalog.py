@@ -91,6 +91,42 @@ def curve_series(record: dict, name: str, key: str, label: str,
 NOISE_POINTS = 1.0
 
 
+def gap(summary: dict) -> Optional[float]:
+    """Train (un-augmented) minus validation top-1 of one run, as a fraction."""
+    tr, va = summary.get("train_clean_top1"), summary.get("fused_top1")
+    return None if tr is None or va is None else tr - va
+
+
+def _value(summary: dict, key) -> Optional[float]:
+    return key(summary) if callable(key) else summary.get(key)
+
+
+def paired(record: dict, a: str, b: str, key="fused_top1", key_b=None) -> Optional[dict]:
+    """Per-seed difference, run `a` minus run `b` (points), mean and std over the seeds both
+    have. Runs of one seed share the training subset, the initialisation and the data order,
+    so the seed-to-seed variation they share cancels in the difference; comparing
+    unpaired means would let it swamp real effects (seen on CIFAR-10 at 3 seeds: one seed
+    was 2-3 points above the others in every setting). `key_b` compares another metric of
+    run `b` (e.g. two heads of one run)."""
+    other = {r["seed"]: _value(r["summary"], key_b or key) for r in runs_of(record, b)}
+    diffs = [_value(r["summary"], key) - other[r["seed"]] for r in runs_of(record, a)
+             if _value(r["summary"], key) is not None and other.get(r["seed"]) is not None]
+    return agg(diffs)
+
+
+def verdict(diff: Optional[dict]) -> int:
+    """compare() on a paired difference: +1 / -1 beyond the noise, 0 within it."""
+    return 0 if diff is None else compare(diff["mean"], 0.0, diff["std"])
+
+
+def pts(diff: Optional[dict]) -> str:
+    """'+1.23 ± 0.45 points' (the ± only with more than one seed)."""
+    if diff is None:
+        return "n/a"
+    return f"{diff['mean']:+.2f}" + (f" ± {diff['std']:.2f}" if diff["n"] > 1 else "") + \
+        " points"
+
+
 def compare(a: float, b: float, spread: float = 0.0) -> int:
     """+1 / -1 when a is above / below b by more than the noise (1 point or twice the seeds'
     standard deviation, whichever is larger); 0 when the difference is within it."""
@@ -98,10 +134,6 @@ def compare(a: float, b: float, spread: float = 0.0) -> int:
         return 0
     tol = max(NOISE_POINTS, 2 * spread)
     return 0 if abs(a - b) <= tol else (1 if a > b else -1)
-
-
-def spread_of(*cells: Optional[dict]) -> float:
-    return max([c["std"] for c in cells if c] or [0.0])
 
 
 def chance_note(record: dict) -> list[str]:
@@ -146,26 +178,36 @@ def _aug_strength_analyze(record: dict, study_dir: Path) -> dict:
     for m in MAGNITUDES:
         name = f"m{m}"
         tr, va = metric(record, name, "train_clean_top1"), metric(record, name, "fused_top1")
-        gap = agg([(r["summary"]["train_clean_top1"] or 0) - (r["summary"]["fused_top1"] or 0)
-                   for r in runs_of(record, name)])
-        rows.append([m, tr, va, gap])
+        g = agg([gap(r["summary"]) for r in runs_of(record, name)])
+        rows.append([m, tr, va, g])
         train_s.append(tr)
         val_s.append(va)
-        gaps.append(gap)
+        gaps.append(g)
     series = [{"label": lab, "x": list(MAGNITUDES), "y": [mean_of(c) for c in cs],
                "yerr": [c["std"] if c else 0 for c in cs]}
               for lab, cs in (("train (no augmentation)", train_s), ("validation", val_s))]
-    best = MAGNITUDES[max(range(len(MAGNITUDES)), key=lambda i: mean_of(val_s[i]))]
+    order = sorted(range(len(MAGNITUDES)), key=lambda i: -mean_of(val_s[i]))
+    best, second = MAGNITUDES[order[0]], MAGNITUDES[order[1]]
+    lead = paired(record, f"m{best}", f"m{second}")
     g0, g1 = mean_of(gaps[0]), mean_of(gaps[-1])
-    trend = compare(g1, g0, spread_of(gaps[0], gaps[-1]))
+    change = paired(record, f"m{MAGNITUDES[-1]}", f"m{MAGNITUDES[0]}", gap)
+    val_change = paired(record, f"m{MAGNITUDES[-1]}", f"m{MAGNITUDES[0]}")
     findings = chance_note(record) + [
         f"Validation top-1 was highest at magnitude {best} "
-        f"({pct(val_s[MAGNITUDES.index(best)])}).",
+        f"({pct(val_s[MAGNITUDES.index(best)])}), {pts(lead)} above the next best "
+        f"(magnitude {second}) paired over seeds: " + (
+            "beyond the noise threshold." if verdict(lead) > 0 else "within noise."),
+        f"From magnitude {MAGNITUDES[0]} to {MAGNITUDES[-1]} validation top-1 changed by "
+        f"{pts(val_change)} (paired over seeds): " + {
+            1: "stronger augmentation paid off in accuracy.",
+            0: "within noise.",
+            -1: "stronger augmentation cost accuracy at this budget (with few epochs a model "
+                "can underfit heavily augmented data)."}[verdict(val_change)],
         f"The train-validation gap was {g0:.2f} points at magnitude {MAGNITUDES[0]} and "
-        f"{g1:.2f} at {MAGNITUDES[-1]}: " + {
+        f"{g1:.2f} at {MAGNITUDES[-1]} (change {pts(change)}, paired over seeds): " + {
             -1: "stronger augmentation narrowed it, as claimed.",
             0: "the change is within noise, so this run neither supports nor refutes the claim.",
-            1: "stronger augmentation widened it, contrary to the claim."}[trend],
+            1: "stronger augmentation widened it, contrary to the claim."}[verdict(change)],
     ]
     curves = [curve_series(record, f"m{m}", "fused_top1", f"m{m} validation")
               for m in MAGNITUDES]
@@ -207,38 +249,41 @@ def _aug_ablation_runs(b: Budget) -> list:
 def _aug_ablation_analyze(record: dict, study_dir: Path) -> dict:
     def row(name, label):
         tr, va = metric(record, name, "train_clean_top1"), metric(record, name, "fused_top1")
-        gap = agg([(r["summary"]["train_clean_top1"] or 0) - (r["summary"]["fused_top1"] or 0)
-                   for r in runs_of(record, name)])
-        return [label, tr, va, gap]
+        return [label, tr, va, agg([gap(r["summary"]) for r in runs_of(record, name)])]
     gap_rows = [row("flips-crops", "(a) flips and crops only"),
                 row("full", "(b) full DeiT stack with Mixup/CutMix")]
     full = mean_of(gap_rows[1][2])
-    loo_rows = [["full recipe", gap_rows[1][2], 0.0]]
-    for label, _ in LEAVE_ONE_OUT:
-        v = metric(record, _slug(label), "fused_top1")
-        loo_rows.append([label, v, round(mean_of(v) - full, 2)])
+    loo_rows = [["full recipe", gap_rows[1][2], None]]
+    for label, _ in LEAVE_ONE_OUT:  # change: paired over seeds with the full recipe's runs
+        loo_rows.append([label, metric(record, _slug(label), "fused_top1"),
+                         paired(record, _slug(label), "full")])
     light_val, light_gap, full_gap = mean_of(gap_rows[0][2]), mean_of(gap_rows[0][3]), \
         mean_of(gap_rows[1][3])
-    worst = min(loo_rows[1:], key=lambda r: r[2])
-    sp = spread_of(gap_rows[0][2], gap_rows[1][2])
+    win = paired(record, "full", "flips-crops")
+    narrow = paired(record, "full", "flips-crops", gap)
+    hurt = sorted([r for r in loo_rows[1:] if verdict(r[2]) < 0], key=lambda r: r[2]["mean"])
+    helped = [r for r in loo_rows[1:] if verdict(r[2]) > 0]
     findings = chance_note(record) + [
         (f"The full stack reached {full:.2f}% validation top-1 against {light_val:.2f}% with "
-         f"flips and crops only ({full - light_val:+.2f} points): " + {
+         f"flips and crops only ({pts(win)}, paired over seeds): " + {
              1: "the heavy stack won, as claimed.",
              0: "within noise, no winner at this budget.",
-             -1: "flips and crops won at this budget, contrary to the claim."}[
-                 compare(full, light_val, sp)]),
-        (f"Its train-validation gap was {full_gap:.2f} points against {light_gap:.2f}: " + {
-            -1: "the heavy stack regularised, as claimed.",
-            0: "the difference is within noise.",
-            1: "the heavy stack did not narrow the gap at this budget."}[
-                compare(full_gap, light_gap, spread_of(gap_rows[0][3], gap_rows[1][3]))]),
-        (f"Removing '{worst[0]}' hurt most ({worst[2]:+.2f} points)."
-         if compare(worst[2] + full, full, spread_of(worst[1], gap_rows[1][2])) < 0 else
-         f"No single removal lowered validation accuracy by more than the noise (largest "
-         f"drop: '{worst[0]}', {worst[2]:+.2f} points): at this budget the components' "
-         "individual benefits are not visible."),
+             -1: "flips and crops won at this budget, contrary to the claim."}[verdict(win)]),
+        (f"Its train-validation gap was {full_gap:.2f} points against {light_gap:.2f} "
+         f"({pts(narrow)}): " + {
+             -1: "the heavy stack regularised, as claimed.",
+             0: "the difference is within noise.",
+             1: "the heavy stack did not narrow the gap at this budget."}[verdict(narrow)]),
+        ("Removing " + ", ".join(f"'{r[0]}' ({pts(r[2])})" for r in hurt) +
+         " lowered validation accuracy beyond the noise: those components helped."
+         if hurt else
+         "No single removal lowered validation accuracy by more than the noise: at this "
+         "budget the components' individual benefits are not visible."),
     ]
+    if helped:
+        findings.append("Removing " + ", ".join(f"'{r[0]}' ({pts(r[2])})" for r in helped) +
+                        " raised validation accuracy beyond the noise: at this budget those "
+                        "components hurt, contrary to the claim.")
     curves = []
     for name, label in (("flips-crops", "flips+crops"), ("full", "full DeiT")):
         curves.append(curve_series(record, name, "train_clean_top1", f"{label} train",
@@ -249,14 +294,15 @@ def _aug_ablation_analyze(record: dict, study_dir: Path) -> dict:
                     "columns": ["setting", "train top-1 (no aug.)", "val top-1", "gap (points)"],
                     "rows": gap_rows},
                    {"title": "Leave one out (DeiT paper, Table 8 style)",
-                    "columns": ["recipe", "val top-1", "change vs full (points)"],
+                    "columns": ["recipe", "val top-1", "change vs full (points, paired)"],
                     "rows": loo_rows}],
         "plots": [{"file": "curves.png", "title": "Training and validation accuracy",
                    "xlabel": "epoch", "ylabel": "top-1 (%)", "series": curves},
                   {"file": "leave_one_out.png", "title": "Change in validation top-1 when one "
                    "component is removed", "xlabel": "", "ylabel": "points", "kind": "bar",
                    "series": [{"label": "change", "x": [r[0] for r in loo_rows[1:]],
-                               "y": [r[2] for r in loo_rows[1:]], "yerr": None}]}],
+                               "y": [mean_of(r[2]) for r in loo_rows[1:]],
+                               "yerr": [r[2]["std"] if r[2] else 0 for r in loo_rows[1:]]}]}],
         "findings": findings}
 
 
@@ -343,29 +389,36 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
                      metric(record, name, "student_teacher_agreement")])
     hard = dict(zip(["label", "cls", "dist", "fused", "agree", "cos", "st"], rows[3]))
     soft_f, none_f = mean_of(rows[4][3]), mean_of(rows[0][3])
-    fused, best_single = mean_of(hard["fused"]), max(mean_of(hard["cls"]), mean_of(hard["dist"]))
-    sp = spread_of(hard["fused"], hard["cls"], hard["dist"])
+    fused = mean_of(hard["fused"])
+    single = "cls_top1" if mean_of(hard["cls"]) >= mean_of(hard["dist"]) else "dist_top1"
+    best_single = mean_of(hard["cls" if single == "cls_top1" else "dist"])
+    # paired over seeds: the fused and single-head scores of the same runs
+    second = paired(record, "both-hard", "both-hard", "fused_top1", single)
+    hard_soft = paired(record, "both-hard", "both-soft")
+    vs_none = paired(record, "both-hard", "no-distill")
     findings = chance_note(record) + [
         (f"With both tokens and hard distillation, the fused prediction scored {fused:.2f}% "
-         f"against {best_single:.2f}% for the better single head: " + {
+         f"against {best_single:.2f}% for the better single head ({pts(second)}): " + {
              1: "the second opinion helped.",
              0: "the difference is within noise.",
-             -1: "fusing the heads did worse than the better head here."}[
-                 compare(fused, best_single, sp)]),
+             -1: "fusing the heads did worse than the better head here."}[verdict(second)]),
         (f"The heads agreed on {mean_of(hard['agree']):.2f}% of validation images; the cosine "
          f"similarity of the two final tokens was {hard['cos']} (the paper reports 0.93 at the "
          "last layer for DeiT-B)." if hard["cos"] is not None else ""),
-        (f"Hard distillation scored {fused:.2f}% and soft {soft_f:.2f}%: " + {
+        (f"Hard distillation scored {fused:.2f}% and soft {soft_f:.2f}% ({pts(hard_soft)}): " + {
             1: "hard won, as in the paper.",
             0: "within noise (the paper finds hard better).",
-            -1: "soft won here (the paper finds hard better)."}[
-                compare(fused, soft_f, spread_of(hard["fused"], rows[4][3]))]),
-        (f"Against the no-distillation baseline ({none_f:.2f}%), distillation changed fused "
-         f"top-1 by {fused - none_f:+.2f} points."),
+            -1: "soft won here (the paper finds hard better)."}[verdict(hard_soft)]),
+        (f"Against the no-distillation baseline ({none_f:.2f}%), hard distillation changed "
+         f"fused top-1 by {pts(vs_none)}: " + {
+             1: "distillation helped.", 0: "within noise.",
+             -1: "distillation hurt at this budget."}[verdict(vs_none)]),
     ]
     gallery = []
     hard_runs = runs_of(record, "both-hard")
-    if hard_runs:
+    if hard_runs and not Path(hard_runs[0]["run_dir"]).is_dir() and record.get("gallery"):
+        gallery = record["gallery"]["items"]  # re-analysed elsewhere: keep the drawn gallery
+    elif hard_runs:
         try:
             gallery = disagreement_gallery(Path(hard_runs[0]["run_dir"]),
                                            study_dir / "disagreements.png")
@@ -429,7 +482,16 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
     ys = [mean_of(a) for a in adv]
     slope = _slope(xs, ys) if len(xs) > 1 else 0.0
     tgap = [abs(r[4]) for r in rows]
-    trend = compare(ys[-1], ys[0], spread_of(adv[0], adv[-1])) if len(ys) > 1 else 0
+    shift = None
+    if len(fr) > 1:  # per seed: (advantage at the largest fraction) - (at the smallest)
+        def adv_by_seed(f):
+            c = {r["seed"]: r["summary"]["fused_top1"]
+                 for r in runs_of(record, f"student-cnn-f{f:g}")}
+            return {r["seed"]: c[r["seed"]] - r["summary"]["fused_top1"]
+                    for r in runs_of(record, f"student-vit-f{f:g}") if r["seed"] in c}
+        first, last = adv_by_seed(fr[0]), adv_by_seed(fr[-1])
+        shift = agg([last[k] - first[k] for k in last if k in first])
+    trend = verdict(shift)
     findings = chance_note(record) + [
         (f"The CNN and ViT teachers differed by {min(tgap):.2f} to {max(tgap):.2f} points of "
          "validation top-1 across fractions (positive: the CNN was better; see the table), so "
@@ -437,7 +499,8 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
                                  "confounded by teacher accuracy where the gap is large") + "."),
         (f"The CNN teacher's advantage (student top-1 with the CNN teacher minus with the ViT "
          f"teacher) went from {ys[0]:+.2f} points at {rows[0][1]} images to {ys[-1]:+.2f} at "
-         f"{rows[-1][1]} ({slope:+.2f} points per tenfold data). The prediction \"the advantage "
+         f"{rows[-1][1]} (change {pts(shift)} paired over seeds; {slope:+.2f} points per "
+         "tenfold data). The prediction \"the advantage "
          "shrinks as data grows\" " + {
              -1: "held.", 0: "could not be decided: the change is within noise.",
              1: "did not hold: the advantage grew."}[trend]),
@@ -513,8 +576,12 @@ def _data_scale_analyze(record: dict, study_dir: Path) -> dict:
             lead = "CNN" if cnn[-1] > line[-1] else label
             findings.append(f"No crossover between the {label} and the CNN in the measured range "
                             f"({xs[0]:,} to {xs[-1]:,} images): the {lead} leads throughout.")
-    findings.append(f"Distillation changed the ViT's top-1 by {dis[0] - vit[0]:+.2f} points at "
-                    f"{xs[0]:,} images and {dis[-1] - vit[-1]:+.2f} at {xs[-1]:,}.")
+    d0 = paired(record, f"distilled-f{fr[0]:g}", f"vit-f{fr[0]:g}")
+    d1 = paired(record, f"distilled-f{fr[-1]:g}", f"vit-f{fr[-1]:g}")
+    word = {1: "helped", 0: "within noise", -1: "hurt"}
+    findings.append(f"Distillation changed the ViT's top-1 by {pts(d0)} at {xs[0]:,} images "
+                    f"({word[verdict(d0)]}) and {pts(d1)} at {xs[-1]:,} ({word[verdict(d1)]}), "
+                    "paired over seeds.")
     return {
         "tables": [{"title": "Accuracy against training-set size",
                     "columns": ["fraction", "train images", f"CNN ({SCALE_CNN})", "ViT (DeiT-Tiny)",

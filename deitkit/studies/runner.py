@@ -237,4 +237,35 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
     return study_dir
 
 
+def reanalyze(study_dir: str | Path) -> Path:
+    """Recompute a study folder's tables, plots and findings from the runs recorded in its
+    results.json (no training; the run folders are not needed) with this version's analysis,
+    and rewrite the report; return report.md's path. For a study folder copied from another
+    machine, or made before the analysis changed."""
+    from ..report import write_report
+    from .catalog import STUDIES
+    study_dir = Path(study_dir)
+    path = study_dir / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{study_dir} is not a study folder: no results.json in it")
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in ("study", "runs", "budget_settings") if k not in record]
+    if missing:
+        raise ConfigError(f"{path}: not a study's results.json (missing {', '.join(missing)})")
+    if record["study"] not in STUDIES:
+        raise ConfigError(f"{path}: unknown study '{record['study']}'; studies: "
+                          f"{', '.join(STUDIES)}")
+    study = STUDIES[record["study"]]
+    for key in ("tables", "plots", "findings"):
+        record.pop(key, None)
+    record.update(study.analyze(record, study_dir))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+    return write_report(study_dir)
+
+
 StudyFn = Callable[[Budget], list]
