@@ -246,6 +246,12 @@ def _aug_ablation_runs(b: Budget) -> list:
     return runs
 
 
+def _components(rows: list) -> str:
+    """'Mixup (-1.32 points)', or 'A (...), B (...) and C (...)' from leave-one-out rows."""
+    parts = [f"{r[0].removeprefix('no ')} ({pts(r[2])})" for r in rows]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def _aug_ablation_analyze(record: dict, study_dir: Path) -> dict:
     def row(name, label):
         tr, va = metric(record, name, "train_clean_top1"), metric(record, name, "fused_top1")
@@ -253,7 +259,7 @@ def _aug_ablation_analyze(record: dict, study_dir: Path) -> dict:
     gap_rows = [row("flips-crops", "(a) flips and crops only"),
                 row("full", "(b) full DeiT stack with Mixup/CutMix")]
     full = mean_of(gap_rows[1][2])
-    loo_rows = [["full recipe", gap_rows[1][2], None]]
+    loo_rows = [["full recipe", gap_rows[1][2], "reference"]]
     for label, _ in LEAVE_ONE_OUT:  # change: paired over seeds with the full recipe's runs
         loo_rows.append([label, metric(record, _slug(label), "fused_top1"),
                          paired(record, _slug(label), "full")])
@@ -274,16 +280,17 @@ def _aug_ablation_analyze(record: dict, study_dir: Path) -> dict:
              -1: "the heavy stack regularised, as claimed.",
              0: "the difference is within noise.",
              1: "the heavy stack did not narrow the gap at this budget."}[verdict(narrow)]),
-        ("Removing " + ", ".join(f"'{r[0]}' ({pts(r[2])})" for r in hurt) +
-         " lowered validation accuracy beyond the noise: those components helped."
+        (f"Removing {_components(hurt)} lowered validation accuracy beyond the noise: "
+         f"{'that component helped' if len(hurt) == 1 else 'those components helped'}."
          if hurt else
          "No single removal lowered validation accuracy by more than the noise: at this "
          "budget the components' individual benefits are not visible."),
     ]
     if helped:
-        findings.append("Removing " + ", ".join(f"'{r[0]}' ({pts(r[2])})" for r in helped) +
-                        " raised validation accuracy beyond the noise: at this budget those "
-                        "components hurt, contrary to the claim.")
+        findings.append(f"Removing {_components(helped)} raised validation accuracy beyond the "
+                        "noise: at this budget " + ("that component" if len(helped) == 1 else
+                                                    "those components") +
+                        " hurt, contrary to the claim.")
     curves = []
     for name, label in (("flips-crops", "flips+crops"), ("full", "full DeiT")):
         curves.append(curve_series(record, name, "train_clean_top1", f"{label} train",
