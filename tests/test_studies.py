@@ -74,6 +74,19 @@ def test_finished_study_is_not_rerun(root):
     assert len(mtimes) == 4
 
 
+def test_finished_run_with_another_configuration_is_refused(root):
+    # a finished run is reused only if the study asks for the same configuration now
+    with pytest.raises(ConfigError, match=r"m0-s0' finished with a different configuration.*"
+                                          r"aug\.smoothing"):
+        run_study("aug-strength", budget="tiny", root=root, device="cpu", log=lambda *a: None,
+                  overrides=("aug.smoothing=0.3",))
+    # settings that do not change results (loader workers) are not a different run
+    lines = []
+    run_study("aug-strength", budget="tiny", root=root, device="cpu", log=lines.append,
+              overrides=("data.num_workers=1",))
+    assert sum("(finished before)" in line for line in lines) == 4
+
+
 def test_teachers_are_keyed_and_never_duplicated(root):
     keys = [p.name for p in (root / "teachers").iterdir()]
     assert len(keys) == len(set(keys))

@@ -60,10 +60,11 @@ BUDGETS = {
                    depth=2, batch_size=32, teacher_epochs=1, eval_train_images=128,
                    eval_every=1, num_workers=0, fractions=(0.25, 0.5),
                    scale_fractions=(0.125, 0.25, 0.5), recipe="quickstart"),
-    # CIFAR-10 on 2 CPU cores, each study within about 45 minutes
+    # CIFAR-10 on 2 CPU cores, each study within about 45 minutes. teacher-kind gets two
+    # fractions: each costs two teachers and two students (about 19 min on 2 cores, measured)
     "quick": Budget("quick", None, epochs=12, train_fraction=0.1, img_size=32, patch_size=8,
                     depth=6, batch_size=64, teacher_epochs=6, eval_train_images=1000,
-                    eval_every=3, num_workers=2, fractions=(0.02, 0.05, 0.1),
+                    eval_every=3, num_workers=2, fractions=(0.02, 0.1),
                     scale_fractions=(0.01, 0.03, 0.1), recipe="small-data-cpu"),
     # one GPU: full training set, the small-data-cpu recipe's model
     "full": Budget("full", None, epochs=100, train_fraction=1.0, img_size=32, patch_size=4,
@@ -140,13 +141,20 @@ class StudyRunner:
     def with_extra(self, overrides: list) -> list:
         return list(overrides) + self.extra
 
+    def teacher_path(self, spec: TeacherSpec, seed: int) -> Path:
+        """The folder of teacher `spec` at `seed`: ROOT/teachers/<key> (nothing is trained)."""
+        free = ("data.num_workers", "progress", "device", "data.eval_batch_size")
+        keyed = tuple(o for o in self.extra if o.split("=", 1)[0] not in free)
+        return self.root / "teachers" / spec.key(self.data, seed, keyed)
+
     def teacher_dir(self, spec: TeacherSpec, seed: int) -> Path:
         """Train `spec` once (or resume it); later calls reuse the folder."""
         from ..train import train, train_teacher
-        free = ("data.num_workers", "progress", "device", "data.eval_batch_size")
-        keyed = tuple(o for o in self.extra if o.split("=", 1)[0] not in free)
-        out = self.root / "teachers" / spec.key(self.data, seed, keyed)
+        out = self.teacher_path(spec, seed)
+        overrides = self.common(seed, out) + [f"model.name={spec.model}", *spec.overrides]
+        cfg = build_config(spec.recipe, overrides=self.with_extra(overrides))
         if (out / "summary.json").is_file():
+            check_finished(out, cfg)  # the key covers the spec; this also the budget's settings
             if str(out) not in self.teachers_trained + self.teachers_reused:
                 self.teachers_reused.append(str(out))
                 self.log(f"  reusing teacher {spec.label or spec.model} from {out}")
@@ -154,8 +162,6 @@ class StudyRunner:
         resume = (out / "checkpoint-last.pt").is_file()
         self.log(f"  {'resuming' if resume else 'training'} teacher {spec.label or spec.model}"
                  f" in {out}")
-        overrides = self.common(seed, out) + [f"model.name={spec.model}", *spec.overrides]
-        cfg = build_config(spec.recipe, overrides=self.with_extra(overrides))
         if spec.kind == "cnn":
             train_teacher(cfg, log=_quiet, resume=resume)
         else:
@@ -169,15 +175,37 @@ class StudyRunner:
             out = self.teacher_dir(spec.teacher, seed)
             return {**collect_run(out), "run_dir": str(out)}
         out = study_dir / "runs" / f"{spec.name}-s{seed}"
-        if not (out / "summary.json").is_file():
-            overrides = self.common(seed, out) + list(spec.overrides)
-            if spec.teacher is not None:
-                overrides.append(f"teacher.name={self.teacher_dir(spec.teacher, seed)}")
-            cfg = build_config(spec.recipe or self.budget.recipe,
-                               overrides=self.with_extra(overrides))
+        finished = (out / "summary.json").is_file()
+        overrides = self.common(seed, out) + list(spec.overrides)
+        if spec.teacher is not None:  # a finished run needs its teacher's name, not the teacher
+            t = self.teacher_path if finished else self.teacher_dir
+            overrides.append(f"teacher.name={t(spec.teacher, seed)}")
+        cfg = build_config(spec.recipe or self.budget.recipe, overrides=self.with_extra(overrides))
+        if finished:
+            check_finished(out, cfg)
+        else:
             resume = (out / "checkpoint-last.pt").is_file()
             train(cfg, log=_quiet, resume=resume)
         return {**collect_run(out), "run_dir": str(out)}
+
+
+def check_finished(out: Path, cfg) -> None:
+    """A finished run is reused only if it was made with the configuration asked for now
+    (its teacher included: a teacher's folder name is its key); otherwise a changed study
+    definition or budget would silently keep stale numbers."""
+    from ..config import load_yaml_file, to_dict
+    from ..train import RESUME_FREE_KEYS, config_diff
+    stored, now = load_yaml_file(out / "config.yaml"), to_dict(cfg)
+    for c in (stored, now):  # a teacher is its key (folder name), wherever ROOT now lives
+        if c.get("teacher", {}).get("name"):
+            c["teacher"]["name"] = Path(c["teacher"]["name"]).name
+    changed = [k for k in config_diff(stored, now)
+               if k not in RESUME_FREE_KEYS and not k.startswith("recipe.")]
+    if changed:
+        raise ConfigError(
+            f"'{out}' finished with a different configuration than this study now asks for "
+            f"({', '.join(changed)} differ): delete that run folder to rerun it, or use "
+            "another --root")
 
 
 def _quiet(*args, **kwargs) -> None:
