@@ -510,7 +510,9 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
          "tenfold data). The prediction \"the advantage "
          "shrinks as data grows\" " + {
              -1: "held.", 0: "could not be decided: the change is within noise.",
-             1: "did not hold: the advantage grew."}[trend]),
+             1: "did not hold: the advantage grew."}[trend] +
+         (" With teachers more than 3 points apart, this compares a stronger teacher with a "
+          "weaker one as much as a CNN with a ViT." if max(tgap) > 3 else "")),
     ]
     return {
         "tables": [{"title": "CNN vs ViT teacher at each training-set size",
