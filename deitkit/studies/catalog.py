@@ -119,6 +119,12 @@ def verdict(diff: Optional[dict]) -> int:
     return 0 if diff is None else compare(diff["mean"], 0.0, diff["std"])
 
 
+def judged(diff: Optional[dict], up: str, same: str, down: str) -> str:
+    """The phrase for a paired difference above (`up`), within (`same`) or below (`down`)
+    the noise."""
+    return {1: up, 0: same, -1: down}[verdict(diff)]
+
+
 def pts(diff: Optional[dict]) -> str:
     """'+1.23 ± 0.45 points' (the ± only with more than one seed)."""
     if diff is None:
@@ -195,19 +201,21 @@ def _aug_strength_analyze(record: dict, study_dir: Path) -> dict:
     findings = chance_note(record) + [
         f"Validation top-1 was highest at magnitude {best} "
         f"({pct(val_s[MAGNITUDES.index(best)])}), {pts(lead)} above the next best "
-        f"(magnitude {second}) paired over seeds: " + (
-            "beyond the noise threshold." if verdict(lead) > 0 else "within noise."),
+        f"(magnitude {second}) paired over seeds: " + judged(
+            lead, up="beyond the noise threshold.", same="within noise.", down="within noise."),
         f"From magnitude {MAGNITUDES[0]} to {MAGNITUDES[-1]} validation top-1 changed by "
-        f"{pts(val_change)} (paired over seeds): " + {
-            1: "stronger augmentation paid off in accuracy.",
-            0: "within noise.",
-            -1: "stronger augmentation cost accuracy at this budget (with few epochs a model "
-                "can underfit heavily augmented data)."}[verdict(val_change)],
+        f"{pts(val_change)} (paired over seeds): " + judged(val_change,
+            up="stronger augmentation paid off in accuracy.",
+            same="within noise.",
+            down="stronger augmentation cost accuracy at this budget (with few epochs a model "
+                "can underfit heavily augmented data)."),
         f"The train-validation gap was {g0:.2f} points at magnitude {MAGNITUDES[0]} and "
-        f"{g1:.2f} at {MAGNITUDES[-1]} (change {pts(change)}, paired over seeds): " + {
-            -1: "stronger augmentation narrowed it, as claimed.",
-            0: "the change is within noise, so this run neither supports nor refutes the claim.",
-            1: "stronger augmentation widened it, contrary to the claim."}[verdict(change)],
+        f"{g1:.2f} at {MAGNITUDES[-1]} (change {pts(change)}, paired over seeds): " + judged(
+            change,
+            down="stronger augmentation narrowed it, as claimed.",
+            same="the change is within noise, so this run neither supports nor refutes the "
+                 "claim.",
+            up="stronger augmentation widened it, contrary to the claim."),
     ]
     curves = [curve_series(record, f"m{m}", "fused_top1", f"m{m} validation")
               for m in MAGNITUDES]
@@ -271,15 +279,15 @@ def _aug_ablation_analyze(record: dict, study_dir: Path) -> dict:
     helped = [r for r in loo_rows[1:] if verdict(r[2]) > 0]
     findings = chance_note(record) + [
         (f"The full stack reached {full:.2f}% validation top-1 against {light_val:.2f}% with "
-         f"flips and crops only ({pts(win)}, paired over seeds): " + {
-             1: "the heavy stack won, as claimed.",
-             0: "within noise, no winner at this budget.",
-             -1: "flips and crops won at this budget, contrary to the claim."}[verdict(win)]),
+         f"flips and crops only ({pts(win)}, paired over seeds): " + judged(win,
+             up="the heavy stack won, as claimed.",
+             same="within noise, no winner at this budget.",
+             down="flips and crops won at this budget, contrary to the claim.")),
         (f"Its train-validation gap was {full_gap:.2f} points against {light_gap:.2f} "
-         f"({pts(narrow)}): " + {
-             -1: "the heavy stack regularised, as claimed.",
-             0: "the difference is within noise.",
-             1: "the heavy stack did not narrow the gap at this budget."}[verdict(narrow)]),
+         f"({pts(narrow)}): " + judged(narrow,
+             down="the heavy stack regularised, as claimed.",
+             same="the difference is within noise.",
+             up="the heavy stack did not narrow the gap at this budget.")),
         (f"Removing {_components(hurt)} lowered validation accuracy beyond the noise: "
          f"{'that component helped' if len(hurt) == 1 else 'those components helped'}."
          if hurt else
@@ -405,21 +413,23 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
     vs_none = paired(record, "both-hard", "no-distill")
     findings = chance_note(record) + [
         (f"With both tokens and hard distillation, the fused prediction scored {fused:.2f}% "
-         f"against {best_single:.2f}% for the better single head ({pts(second)}): " + {
-             1: "the second opinion helped.",
-             0: "the difference is within noise.",
-             -1: "fusing the heads did worse than the better head here."}[verdict(second)]),
+         f"against {best_single:.2f}% for the better single head ({pts(second)}): " + judged(
+             second,
+             up="the second opinion helped.",
+             same="the difference is within noise.",
+             down="fusing the heads did worse than the better head here.")),
         (f"The heads agreed on {mean_of(hard['agree']):.2f}% of validation images; the cosine "
          f"similarity of the two final tokens was {hard['cos']} (the paper reports 0.93 at the "
          "last layer for DeiT-B)." if hard["cos"] is not None else ""),
-        (f"Hard distillation scored {fused:.2f}% and soft {soft_f:.2f}% ({pts(hard_soft)}): " + {
-            1: "hard won, as in the paper.",
-            0: "within noise (the paper finds hard better).",
-            -1: "soft won here (the paper finds hard better)."}[verdict(hard_soft)]),
+        (f"Hard distillation scored {fused:.2f}% and soft {soft_f:.2f}% ({pts(hard_soft)}): " +
+         judged(hard_soft,
+            up="hard won, as in the paper.",
+            same="within noise (the paper finds hard better).",
+            down="soft won here (the paper finds hard better).")),
         (f"Against the no-distillation baseline ({none_f:.2f}%), hard distillation changed "
-         f"fused top-1 by {pts(vs_none)}: " + {
-             1: "distillation helped.", 0: "within noise.",
-             -1: "distillation hurt at this budget."}[verdict(vs_none)]),
+         f"fused top-1 by {pts(vs_none)}: " + judged(vs_none,
+             up="distillation helped.", same="within noise.",
+             down="distillation hurt at this budget.")),
     ]
     gallery = []
     hard_runs = runs_of(record, "both-hard")
@@ -498,7 +508,6 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
                     for r in runs_of(record, f"student-vit-f{f:g}") if r["seed"] in c}
         first, last = adv_by_seed(fr[0]), adv_by_seed(fr[-1])
         shift = agg([last[k] - first[k] for k in last if k in first])
-    trend = verdict(shift)
     findings = chance_note(record) + [
         (f"The CNN and ViT teachers differed by {min(tgap):.2f} to {max(tgap):.2f} points of "
          "validation top-1 across fractions (positive: the CNN was better; see the table), so "
@@ -508,9 +517,9 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
          f"teacher) went from {ys[0]:+.2f} points at {rows[0][1]} images to {ys[-1]:+.2f} at "
          f"{rows[-1][1]} (change {pts(shift)} paired over seeds; {slope:+.2f} points per "
          "tenfold data). The prediction \"the advantage "
-         "shrinks as data grows\" " + {
-             -1: "held.", 0: "could not be decided: the change is within noise.",
-             1: "did not hold: the advantage grew."}[trend] +
+         "shrinks as data grows\" " + judged(shift,
+             down="held.", same="could not be decided: the change is within noise.",
+             up="did not hold: the advantage grew.") +
          (" With teachers more than 3 points apart, this compares a stronger teacher with a "
           "weaker one as much as a CNN with a ViT." if max(tgap) > 3 else "")),
     ]
@@ -574,9 +583,10 @@ def _data_scale_analyze(record: dict, study_dir: Path) -> dict:
     xs = [r[1] for r in rows]
     cnn, vit, dis = ([mean_of(r[i]) for r in rows] for i in (2, 3, 4))
     params = {r["labels"]["model"]: r["summary"].get("parameters") for r in record["runs"]}
-    findings = chance_note(record) + [f"Parameters: CNN ({SCALE_CNN}) {params.get('CNN', 0) / 1e6:.2f} M, ViT "
-                f"{params.get('ViT', 0) / 1e6:.2f} M, distilled ViT "
-                f"{params.get('distilled ViT', 0) / 1e6:.2f} M."]
+    findings = chance_note(record) + [
+        f"Parameters: CNN ({SCALE_CNN}) {params.get('CNN', 0) / 1e6:.2f} M, ViT "
+        f"{params.get('ViT', 0) / 1e6:.2f} M, distilled ViT "
+        f"{params.get('distilled ViT', 0) / 1e6:.2f} M."]
     for label, line in (("ViT", vit), ("distilled ViT", dis)):
         x = _crossover(xs, line, cnn)
         if x is not None:
@@ -587,9 +597,9 @@ def _data_scale_analyze(record: dict, study_dir: Path) -> dict:
                             f"({xs[0]:,} to {xs[-1]:,} images): the {lead} leads throughout.")
     d0 = paired(record, f"distilled-f{fr[0]:g}", f"vit-f{fr[0]:g}")
     d1 = paired(record, f"distilled-f{fr[-1]:g}", f"vit-f{fr[-1]:g}")
-    word = {1: "helped", 0: "within noise", -1: "hurt"}
+    word = {"up": "helped", "same": "within noise", "down": "hurt"}
     findings.append(f"Distillation changed the ViT's top-1 by {pts(d0)} at {xs[0]:,} images "
-                    f"({word[verdict(d0)]}) and {pts(d1)} at {xs[-1]:,} ({word[verdict(d1)]}), "
+                    f"({judged(d0, **word)}) and {pts(d1)} at {xs[-1]:,} ({judged(d1, **word)}), "
                     "paired over seeds.")
     return {
         "tables": [{"title": "Accuracy against training-set size",
