@@ -448,7 +448,8 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
         "plots": [{"file": "heads.png", "title": "Validation top-1 by head", "kind": "bar",
                    "xlabel": "", "ylabel": "top-1 (%)",
                    "series": [{"label": head, "x": [r[0] for r in rows],
-                               "y": [mean_of(r[i]) for r in rows], "yerr": None}
+                               "y": [mean_of(r[i]) for r in rows],
+                               "yerr": [r[i]["std"] if r[i] else 0 for r in rows]}
                               for head, i in (("class head", 1), ("dist. head", 2),
                                               ("fused", 3))]}],
         "gallery": {"file": "disagreements.png", "items": gallery} if gallery else None,
