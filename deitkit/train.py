@@ -275,9 +275,15 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def run_changing_keys(stored: dict, now: dict) -> list[str]:
+    """Dotted keys that make config `now` a different run from `stored` (those in
+    RESUME_FREE_KEYS and the recipe's descriptive fields do not)."""
+    return [k for k in config_diff(stored, now)
+            if k not in RESUME_FREE_KEYS and not k.startswith("recipe.")]
+
+
 def check_resume_config(stored: dict, cfg: TrainConfig, path: Path, force: bool) -> None:
-    changed = [k for k in config_diff(stored, to_dict(cfg))
-               if k not in RESUME_FREE_KEYS and not k.startswith("recipe.")]
+    changed = run_changing_keys(stored, to_dict(cfg))
     if changed and not force:
         raise ConfigError(
             f"resuming '{path}' with a different configuration: {', '.join(changed)} differ from "

@@ -194,13 +194,12 @@ def check_finished(out: Path, cfg) -> None:
     (its teacher included: a teacher's folder name is its key); otherwise a changed study
     definition or budget would silently keep stale numbers."""
     from ..config import load_yaml_file, to_dict
-    from ..train import RESUME_FREE_KEYS, config_diff
+    from ..train import run_changing_keys
     stored, now = load_yaml_file(out / "config.yaml"), to_dict(cfg)
     for c in (stored, now):  # a teacher is its key (folder name), wherever ROOT now lives
         if c.get("teacher", {}).get("name"):
             c["teacher"]["name"] = Path(c["teacher"]["name"]).name
-    changed = [k for k in config_diff(stored, now)
-               if k not in RESUME_FREE_KEYS and not k.startswith("recipe.")]
+    changed = run_changing_keys(stored, now)
     if changed:
         raise ConfigError(
             f"'{out}' finished with a different configuration than this study now asks for "
@@ -220,7 +219,6 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
     overrides: `key=value` strings applied to every run (e.g. `data.num_workers=12`). Keys that
     change results also change the teacher keys, so such teachers are not shared with runs
     made without them."""
-    from ..report import write_report
     from .catalog import STUDIES
     if name not in STUDIES:
         raise ConfigError(f"unknown study '{name}'; studies: {', '.join(STUDIES)}")
@@ -258,11 +256,20 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
               "runs": results, "teachers_trained": runner.teachers_trained,
               "teachers_reused": runner.teachers_reused,
               "wall_seconds_this_invocation": time.perf_counter() - t0}
-    record.update(study.analyze(record, study_dir))
-    (study_dir / "results.json").write_text(json.dumps(record, indent=1) + "\n")
-    write_report(study_dir)
+    _write_results(record, study_dir)
     log(f"{name}: report in {study_dir / 'report.md'}")
     return study_dir
+
+
+def _write_results(record: dict, study_dir: Path) -> Path:
+    """Analyse `record` with its study's analysis, write results.json (atomically) and render
+    the PNGs and report.md from it; return report.md's path."""
+    from ..checkpoint import atomic_write_text
+    from ..report import write_report
+    from .catalog import STUDIES
+    record.update(STUDIES[record["study"]].analyze(record, study_dir))
+    atomic_write_text(json.dumps(record, indent=1) + "\n", study_dir / "results.json")
+    return write_report(study_dir)
 
 
 def reanalyze(study_dir: str | Path) -> Path:
@@ -270,7 +277,6 @@ def reanalyze(study_dir: str | Path) -> Path:
     results.json (no training; the run folders are not needed) with this version's analysis,
     and rewrite the report; return report.md's path. For a study folder copied from another
     machine, or made before the analysis changed."""
-    from ..report import write_report
     from .catalog import STUDIES
     study_dir = Path(study_dir)
     path = study_dir / "results.json"
@@ -286,14 +292,9 @@ def reanalyze(study_dir: str | Path) -> Path:
     if record["study"] not in STUDIES:
         raise ConfigError(f"{path}: unknown study '{record['study']}'; studies: "
                           f"{', '.join(STUDIES)}")
-    study = STUDIES[record["study"]]
     for key in ("tables", "plots", "findings"):
         record.pop(key, None)
-    record.update(study.analyze(record, study_dir))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
-    return write_report(study_dir)
+    return _write_results(record, study_dir)
 
 
 StudyFn = Callable[[Budget], list]
