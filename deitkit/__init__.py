@@ -12,7 +12,7 @@ Library API (the CLI is a thin layer over these):
 from .config import ConfigError, TrainConfig, build_config, list_recipes
 from .distill import DistillationLoss, fuse
 from .models import create_student, create_teacher, student_forward
-from .train import train, train_teacher
+from .pipeline import train, train_teacher
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "TrainConfig", "build_config", "list_recipes", "DistillationLoss",

@@ -32,11 +32,25 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from PIL import Image
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.task import TokenDistillationTask
+from timm.utils import ModelEmaV3
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
-from .config import AugConfig
+from .config import AugConfig, TrainConfig
 from .distill import DistillationLoss
+from .data import RepeatedAugSampler, build_mixer, build_train_transform, load_dataset
+from .data.sampler import SampleKey
+from .distill.sources import OnlineTeacher, StoredTeacher
 from .distill.store import TeacherStore
-from .engine import evaluate, train_one_epoch
+from .engine import Step, StepOptions, evaluate, train_one_epoch
+from .fit import build_optimizer
+from .runtime import cpu_has_native_bf16, resolve_device
 from .models import Teacher, create_cnn, create_student, tune_attention
 
 
@@ -110,7 +124,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
 
 
 def count_flops(fn: Callable[[], None]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
@@ -133,31 +146,29 @@ def _our_variant(cfg: BenchConfig, device, amp_dtype, kind: str, teacher_sd, mix
                            drop_path_rate=0.1).to(device)
     tune_attention(model, device, amp_dtype)
     net = torch.compile(model) if compile_ else model
-    from .config import TrainConfig
-    from .data import build_mixer
-    from .train import build_optimizer
     tcfg = TrainConfig()
     optimizer = build_optimizer(tcfg, model, 5e-4)
-    from timm.utils import ModelEmaV3
     ema = ModelEmaV3(model, decay=0.99996)
     mixer = build_mixer(mix_aug, cfg.num_classes)
-    teacher, store = None, None
+    source = None
     if kind == "online":
         t = create_cnn(cfg.teacher, cfg.num_classes)
         t.load_state_dict(teacher_sd)
         teacher = Teacher(t, (0.5,) * 3, (0.5,) * 3, name=cfg.teacher).to(device)
         teacher.optimize(device, amp_dtype)
+        source = OnlineTeacher(teacher, device, amp_dtype)
     elif kind == "stored":
-        store = _MemoryStore(cfg.steps + cfg.warmup, cfg.batch_size, cfg.num_classes)
+        source = StoredTeacher(_MemoryStore(cfg.steps + cfg.warmup, cfg.batch_size,
+                                            cfg.num_classes), device, verify_batches=0)
     criterion = DistillationLoss("none" if kind == "none" else "hard", 0.5,
                                  smoothing=mix_aug.smoothing)
+    step = Step(net, criterion, optimizer, ema=ema, mixer=mixer, teacher=source)
+    opts = StepOptions(amp_dtype=amp_dtype, progress=False)
     epoch = [0]
 
     def run(batches: list) -> float:
         t0 = time.perf_counter()
-        train_one_epoch(net, criterion, batches, optimizer, device, epoch[0], mixer=mixer,
-                        teacher=teacher, ema=ema, amp_dtype=amp_dtype, progress=False,
-                        store=store, store_verify_batches=0)
+        train_one_epoch(step, batches, device, epoch[0], opts)
         _sync(device)
         epoch[0] += 1
         return time.perf_counter() - t0
@@ -167,11 +178,6 @@ def _our_variant(cfg: BenchConfig, device, amp_dtype, kind: str, teacher_sd, mix
 
 def _reference_variant(cfg: BenchConfig, device, teacher_sd, mix_aug) -> Callable:
     """The step as a timm user writes it (timm's train.py loop with --kd-distill-type token)."""
-    from timm.data import Mixup
-    from timm.loss import SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.task import TokenDistillationTask
-    from timm.utils import ModelEmaV3
     torch.manual_seed(0)
     model = create_student(cfg.model, num_classes=cfg.num_classes, img_size=cfg.img_size,
                            drop_path_rate=0.1).to(device)
@@ -206,7 +212,6 @@ def _reference_variant(cfg: BenchConfig, device, teacher_sd, mix_aug) -> Callabl
 
 def _jpeg_folder(root: Path, n: int, size: int) -> Path:
     """n smooth random JPEGs of size x size px in ImageFolder layout (2 classes)."""
-    from PIL import Image
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (root / "train" / c).mkdir(parents=True, exist_ok=True)
@@ -222,9 +227,6 @@ def _jpeg_folder(root: Path, n: int, size: int) -> Path:
 
 def bench_data(cfg: BenchConfig, aug: AugConfig, n: int = 256) -> dict:
     """Decode + DeiT augmentation: images/s in this process, and through a DataLoader."""
-    from torch.utils.data import DataLoader
-    from .data import RepeatedAugSampler, build_train_transform, load_dataset
-    from .data.sampler import SampleKey
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_dataset(str(_jpeg_folder(Path(tmp), n, cfg.img_size)))
         ds = bundle.train.with_transform(build_train_transform(aug, cfg.img_size, (0.5,) * 3,
@@ -259,7 +261,6 @@ def bench_data(cfg: BenchConfig, aug: AugConfig, n: int = 256) -> dict:
 
 def profile_share(run: Callable, batches: list) -> dict:
     """Fraction of the step's wall time in each engine phase (torch.profiler ranges)."""
-    from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         run(batches)
@@ -291,7 +292,6 @@ def matmul_time_share(run: Callable, batches: list) -> float:
     kernels: the part of a step that can run near the matmul peak. The rest (norms,
     activations, softmax, copies, optimiser, EMA) is memory-bound, so FLOP/s over the whole
     step cannot exceed about this share of the peak."""
-    from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run(batches)
     evts = [e for e in prof.key_averages() if e.key.startswith("aten::")]
@@ -301,7 +301,6 @@ def matmul_time_share(run: Callable, batches: list) -> float:
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
-    from .train import cpu_has_native_bf16, resolve_device
     device = resolve_device(cfg.device)
     precisions = cfg.precisions
     if precisions == "auto":

@@ -12,8 +12,9 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
+import safetensors.torch
 import torch
 
 
@@ -21,17 +22,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt, unsafe or does not fit the model."""
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """The one atomic writer: `write(f)` fills a temporary file in the same folder, which is
+    flushed, fsynced and renamed over `path`; the folder is fsynced so the rename itself is
+    durable. On any failure the temporary file is removed and `path` keeps its old content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
@@ -40,17 +44,16 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
 
 
-def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save, atomically."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def safe_torch_load(path: str | Path) -> Any:
@@ -85,11 +88,10 @@ def load_state_file(path: str | Path) -> dict:
     """A bare state dict from a timm/torchvision/deitkit weights file (.pt/.pth/.bin/.safetensors)."""
     path = Path(path).expanduser()
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
         if not path.is_file():
             raise CheckpointError(f"weights file '{path}' does not exist")
         try:
-            return load_file(str(path))
+            return safetensors.torch.load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"weights file '{path}' is not valid safetensors: {e}") from None
     obj = safe_torch_load(path)
@@ -105,12 +107,10 @@ def load_state_file(path: str | Path) -> dict:
 
 def export_safetensors(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
     """Write the model weights as safetensors plus a JSON file with the metadata."""
-    from safetensors.torch import save_file
     ckpt = load_checkpoint(checkpoint)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in ckpt["model"].items()}
-    save_file(state, str(out))
+    atomic_write(out, lambda f: f.write(safetensors.torch.save(state)))
     meta_path = out.with_suffix(".json")
     atomic_write_text(json.dumps(ckpt["meta"], indent=2), meta_path)
     return out, meta_path

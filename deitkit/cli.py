@@ -9,12 +9,18 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import CheckpointError
+from .bench import BenchConfig, main_bench
+from .checkpoint import CheckpointError, export_safetensors
 from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from_dict,
                      list_recipes, load_yaml_file, recipe_dict, validate)
 from .data import DataError
+from .data.check import check_dataset, format_report
+from .distributed import shutdown
 from .engine import NonFiniteLossError
-from .slurm import SlurmError
+from .evaluate import evaluate_checkpoint, format_eval
+from .pipeline import format_summary, record_store, train, train_teacher
+from .slurm import SlurmError, submit
+from .studies import reanalyze, run_study
 
 EPILOG = ("Any config key can be set as key=value after the options, e.g. "
           "distill.kind=soft aug.mixup=0 optim.base_lr=1e-3. `deitkit recipes` lists recipes.")
@@ -84,7 +90,6 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time our training step against a timm reference step "
                                      "(and data loading, evaluation, FLOP/s) in one run")
-    from .bench import BenchConfig
     for f in dataclasses.fields(BenchConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -187,7 +192,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return _main(argv)
     finally:
-        from .distributed import shutdown
         shutdown()
 
 
@@ -211,7 +215,6 @@ def _main(argv: Optional[list[str]] = None) -> int:
         if args.command == "recipes":
             return cmd_recipes()
         if args.command == "eval":
-            from .evaluate import evaluate_checkpoint, format_eval
             res = evaluate_checkpoint(args.run, data=args.data, teacher=args.teacher,
                                       teacher_weights=args.teacher_weights, fusion=args.fusion,
                                       last=args.last, device=args.device)
@@ -220,27 +223,23 @@ def _main(argv: Optional[list[str]] = None) -> int:
                 Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
             return 0
         if args.command == "report":
-            from .studies import reanalyze
             print(f"report in {reanalyze(args.study_dir)}")
             return 0
         if args.command == "study":
-            from .studies import run_study
             cmd = "deitkit " + " ".join(argv)
             run_study(args.name, args.data, args.budget, args.seeds, args.root, args.device,
                       command=cmd, overrides=tuple(args.overrides))
             return 0
         if args.command == "bench":
-            from .bench import BenchConfig, main_bench
             bcfg = BenchConfig(**{f.name: getattr(args, f.name)
                                   for f in dataclasses.fields(BenchConfig)})
             main_bench(bcfg, args.json)
             return 0
         if args.command == "slurm":
-            from .slurm import submit
             rest = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
             if not rest:
                 parser.error("slurm: give the deitkit command after --")
-            job = submit(rest, args.logs, args.nodes, args.gpus_per_node, args.cpus_per_task,
+            job = submit(main, rest, args.logs, args.nodes, args.gpus_per_node, args.cpus_per_task,
                          args.time, args.partition, args.port,
                          cluster="local" if args.local else None)
             print(f"submitted job {job.job_id}; logs in {args.logs}")
@@ -248,14 +247,12 @@ def _main(argv: Optional[list[str]] = None) -> int:
                 return int(job.result() or 0)
             return 0
         if args.command == "data":
-            from .data.check import check_dataset, format_report
             report = check_dataset(args.path, args.min_size)
             print(format_report(report))
             if args.json:
                 Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
             return 1 if report["problems"] else 0
         if args.command == "export":
-            from .checkpoint import export_safetensors
             ckpt = Path(args.checkpoint)
             if ckpt.is_dir():
                 ckpt = ckpt / "checkpoint-best.pt"
@@ -267,12 +264,10 @@ def _main(argv: Optional[list[str]] = None) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         if args.command == "store":
-            from .distill.store import record_store
             if not args.out:
                 parser.error("store: give --out (the store folder)")
             record_store(cfg, args.out, topk=args.topk, dtype=args.dtype)
             return 0
-        from .train import format_summary, train, train_teacher
         fn = train if args.command == "train" else train_teacher
         summary = fn(cfg, resume=bool(args.resume), force=args.force)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports

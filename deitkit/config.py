@@ -13,13 +13,25 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type or an invalid value."""
+
+
+# the choices of every option, as types: the one place they are listed (checked on merge)
+AugStack = Literal["deit", "v2", "light"]
+CropKind = Literal["rrc", "pad"]
+EraseMode = Literal["pixel", "rand", "const"]
+DistillKind = Literal["none", "soft", "hard"]
+KlNorm = Literal["per_element", "batchmean"]
+Heads = Literal["both", "cls", "dist"]
+Fusion = Literal["logits", "probs"]
+Amp = Literal["auto", "bf16", "fp16", "off"]
+OnError = Literal["error", "skip"]
 
 
 @dataclass
@@ -61,7 +73,7 @@ class DataConfig:
     """Evaluation batch size per process."""
     num_workers: int = 2
     """DataLoader worker processes (0 loads in the main process)."""
-    on_bad_image: str = "error"
+    on_bad_image: OnError = "error"
     """An unreadable image file: `error` (stop, naming the file) or `skip` (use the next
     readable image instead; skipped files are listed in RUN/skipped_images.txt and counted in
     the metrics)."""
@@ -74,10 +86,10 @@ class DataConfig:
 @dataclass
 class AugConfig:
     """Training augmentation and label regularisation (the DeiT recipe's heart)."""
-    stack: str = "deit"
+    stack: AugStack = "deit"
     """`deit` (timm ops as in the official code), `v2` (the seed's torchvision-v2 formulation),
     or `light` (crop + flip only, a CNN-style stack, no mixing)."""
-    crop: str = "rrc"
+    crop: CropKind = "rrc"
     """`rrc`: bicubic RandomResizedCrop (ImageNet); `pad`: RandomCrop with 4-pixel padding
     (what the official code uses for 32-pixel images)."""
     scale_min: float = 0.08
@@ -85,15 +97,14 @@ class AugConfig:
     hflip: float = 0.5
     """Horizontal-flip probability (0 for digits and text)."""
     rand_augment: str = "rand-m9-mstd0.5-inc1"
-    """timm RandAugment spec for the `deit` stack; empty string disables it."""
-    ra_magnitude: int = 9
-    """RandAugment magnitude for the `v2` stack (`v2.RandAugment(num_ops=2, magnitude=...)`)."""
+    """timm RandAugment spec; empty string disables it. The `v2` stack takes its magnitude
+    (`m9`) for `v2.RandAugment(num_ops=2, magnitude=9)`."""
     color_jitter: float = 0.3
     """Colour-jitter strength. As in timm and the official code, it is applied only when
     RandAugment is off (timm ignores it when an auto-augment policy is given)."""
     reprob: float = 0.25
     """Random-erasing probability."""
-    remode: str = "pixel"
+    remode: EraseMode = "pixel"
     """Random-erasing fill: `pixel` (per-pixel normal noise), `rand` or `const`."""
     mixup: float = 0.8
     """Mixup alpha (0 disables Mixup)."""
@@ -156,18 +167,18 @@ class TeacherConfig:
 @dataclass
 class DistillConfig:
     """Distillation objective and inference fusion."""
-    kind: str = "hard"
+    kind: DistillKind = "hard"
     """`hard` (teacher argmax, the paper's best), `soft` (KL at temperature `tau`) or `none`."""
     alpha: float = 0.5
     """Weight of the distillation term: (1 - alpha) * CE(cls) + alpha * KD(dist)."""
     tau: float = 1.0
     """Soft-distillation temperature."""
-    kl_norm: str = "per_element"
+    kl_norm: KlNorm = "per_element"
     """Soft KL normalisation: `per_element` (official: sum * tau^2 / numel) or `batchmean`
     (Hinton, timm: sum / batch * tau^2)."""
-    heads: str = "both"
+    heads: Heads = "both"
     """`both`; `cls` (class head only, no teacher); `dist` (distillation head only, teacher only)."""
-    fusion: str = "logits"
+    fusion: Fusion = "logits"
     """Inference fusion of the heads: `logits` (mean of logits; official code, timm and Hugging
     Face) or `probs` (mean of softmax probabilities; the paper's text)."""
     store: Optional[str] = None
@@ -233,7 +244,7 @@ class TrainConfig:
     """Training epochs."""
     seed: int = 0
     """Run seed (weights, augmentation, sampling)."""
-    amp: str = "auto"
+    amp: Amp = "auto"
     """Mixed precision: `auto` (bf16 on CPUs with native bf16 and on GPUs that have it, else
     fp16 on GPU, else off), `bf16`, `fp16` (GPU only), `off`."""
     device: str = "auto"
@@ -248,7 +259,7 @@ class TrainConfig:
     training accuracy). 0: off."""
     progress: bool = True
     """Show progress bars."""
-    nonfinite: str = "error"
+    nonfinite: OnError = "error"
     """A NaN/inf loss: `error` (stop with the epoch, step and loss parts; the last good
     checkpoint stays) or `skip` (drop that step, count it; for rare fp16/bf16 overflows)."""
     max_skipped_steps: int = 20
@@ -276,6 +287,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
             if ok:
                 return True, v
         return False, value
+    if origin is Literal:
+        return value in typing.get_args(tp), value
     if tp is float:
         if isinstance(value, bool):
             return False, value
@@ -301,6 +314,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
     if typing.get_origin(tp) is typing.Union:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
@@ -332,6 +347,8 @@ def merge_dict(obj: Any, updates: dict, prefix: str = "", source: str = "config"
                     if isinstance(value, bool) else "")
             raise ConfigError(f"{source}: key '{path}' expects {_type_name(hints[key])}, "
                               f"got {value!r} ({type(value).__name__}){hint}")
+        if isinstance(current, dict):  # key by key: a recipe's other keys are kept
+            coerced = {**current, **coerced}
         setattr(obj, key, coerced)
 
 
@@ -363,6 +380,8 @@ def _is_str_field(cfg: Any, dotted: str) -> bool:
         if not dataclasses.is_dataclass(obj):
             return False
     tp = _hints(type(obj)).get(parts[-1])
+    if typing.get_origin(tp) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(tp))
     return tp is str or (typing.get_origin(tp) is typing.Union and str in typing.get_args(tp))
 
 
@@ -423,20 +442,6 @@ def build_config(recipe: str = "quickstart", config_file: Optional[str] = None,
     return cfg
 
 
-_CHOICES = {
-    "aug.stack": ("deit", "v2", "light"),
-    "aug.crop": ("rrc", "pad"),
-    "aug.remode": ("pixel", "rand", "const"),
-    "distill.kind": ("none", "soft", "hard"),
-    "distill.kl_norm": ("per_element", "batchmean"),
-    "distill.heads": ("both", "cls", "dist"),
-    "distill.fusion": ("logits", "probs"),
-    "amp": ("auto", "bf16", "fp16", "off"),
-    "nonfinite": ("error", "skip"),
-    "data.on_bad_image": ("error", "skip"),
-}
-
-
 def _get(cfg: Any, dotted: str) -> Any:
     for p in dotted.split("."):
         cfg = getattr(cfg, p)
@@ -444,11 +449,7 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Value checks that types alone cannot express."""
-    for key, choices in _CHOICES.items():
-        v = _get(cfg, key)
-        if v not in choices:
-            raise ConfigError(f"key '{key}' must be one of {', '.join(choices)}; got {v!r}")
+    """Value checks that types alone cannot express (choices are checked by their types)."""
     checks = [
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("data.img_size", cfg.data.img_size >= 8, "at least 8"),
@@ -475,3 +476,30 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.distill.heads == "dist" and cfg.distill.kind == "none":
         raise ConfigError("distill.heads=dist trains on teacher labels only: "
                           "set distill.kind=hard or soft")
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing configurations (resume, reuse of finished study runs)
+
+# keys that may change between two runs without changing their results
+RESULT_FREE_KEYS = ("out", "progress", "device", "data.num_workers", "data.root",
+                    "data.eval_batch_size", "distill.store_verify_batches")
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and k != "overrides":
+            keys += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def run_changing_keys(stored: dict, now: dict) -> list[str]:
+    """Dotted keys that make config `now` a different run from `stored` (those in
+    RESULT_FREE_KEYS and the recipe's descriptive fields do not)."""
+    return [k for k in config_diff(stored, now)
+            if k not in RESULT_FREE_KEYS and not k.startswith("recipe.")]

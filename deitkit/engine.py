@@ -1,10 +1,15 @@
-"""train_one_epoch / evaluate: the whole training step on one screen."""
+"""The training step and evaluation: `train_one_epoch` reads on one screen.
+
+What one step touches is one `Step` object (model, loss, optimiser, and the optional schedule,
+EMA, fp16 scaler, Mixup/CutMix and teacher source); how it runs is one `StepOptions`.
+The teacher's targets come from a `TeacherSource` (online teacher or stored outputs, see
+`distill.sources`), so the step has no branch for where they come from.
+"""
 from __future__ import annotations
 
 import time
-import zlib
-from contextlib import nullcontext
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,156 +17,162 @@ from torch import nn
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from .data.sources import ForkRng
+from .config import OnError
+from .data import batch_seed, mix_batch
 from .distill import DistillationLoss, fuse
+from .distill.sources import TeacherSource
 from .distributed import all_reduce_sum
 from .models import Teacher, student_forward
+from .runtime import autocast
+
+# every metric `evaluate` returns (fractions in [0, 1]); runs add `train_clean_top1`
+EVAL_KEYS = ("cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
+             "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
+             "student_teacher_agreement")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """Autocast to `amp_dtype` (None: fp32)."""
-    if amp_dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+@dataclass
+class StepOptions:
+    """How the step runs."""
+    amp_dtype: Optional[torch.dtype] = None
+    """Autocast dtype (None: fp32)."""
+    clip_grad: Optional[float] = None
+    """Clip the global gradient norm to this (None: no clipping)."""
+    nonfinite: OnError = "error"
+    """A NaN/inf loss: `error` (raise) or `skip` (drop the step, count it)."""
+    max_skipped_steps: int = 20
+    """With nonfinite=skip, raise anyway after this many skipped steps in one epoch."""
+    seed: int = 0
+    """Run seed: with (epoch, rank, step) it seeds each batch's Mixup/CutMix."""
+    rank: int = 0
+    progress: bool = True
 
 
-def batch_seed(run_seed: int, epoch: int, rank: int, step: int) -> int:
-    """The seed of one batch's Mixup/CutMix draw: a hash of (run seed, epoch, rank, step)."""
-    return zlib.crc32(f"mix/{run_seed}/{epoch}/{rank}/{step}".encode())
-
-
-def mix_batch(mixer, images: torch.Tensor, labels: torch.Tensor, seed: int):
-    """Mixup/CutMix under a per-batch seed, so the mixed view can be replayed exactly (the
-    per-image augmentation is seeded per item by the dataset)."""
-    if mixer is None:
-        return images, labels
-    with ForkRng(seed):
-        return mixer(images, labels)                               # targets: [B, C] soft
-
-
-def view_checksum(images: torch.Tensor) -> int:
-    """crc32 of a batch's bytes: recorded with stored teacher outputs, checked on replay."""
-    return zlib.crc32(images.detach().cpu().contiguous().numpy().tobytes())
+@dataclass
+class Step:
+    """What one training step touches."""
+    model: nn.Module                       # the student (or CNN), possibly DDP-wrapped
+    criterion: DistillationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None                  # timm scheduler, stepped per update
+    ema: Any = None                        # timm ModelEmaV3
+    scaler: Optional[torch.amp.GradScaler] = None  # fp16 only
+    mixer: Any = None                      # (images, labels) -> (images, soft targets)
+    teacher: Optional[TeacherSource] = None
 
 
 def forward_heads(model: nn.Module, x: torch.Tensor):
-    """(cls_logits, dist_logits or None) for DeiT students and plain CNNs alike.
-
-    Calls model(x), never its parts, so that a DDP wrapper sees the forward pass. A distilled
-    timm DeiT in training mode with `set_distilled_training(True)` (see create_student) returns
-    both heads' logits.
-    """
+    """(cls_logits, dist_logits or None) for DeiT students and plain CNNs alike. Calls
+    model(x), so a DDP wrapper sees the pass; a distilled timm DeiT in training mode (see
+    create_student) returns both heads."""
     out = model(x)
-    if isinstance(out, tuple):
-        return out[0], out[1]
-    return out, None
+    return (out[0], out[1]) if isinstance(out, tuple) else (out, None)
 
 
-def train_one_epoch(model: nn.Module, criterion: DistillationLoss, loader, optimizer,
-                    device: torch.device, epoch: int, scheduler=None, mixer=None,
-                    teacher: Optional[Teacher] = None, ema=None, scaler=None,
-                    amp_dtype: Optional[torch.dtype] = None, clip_grad: Optional[float] = None,
-                    progress: bool = True, nonfinite: str = "error",
-                    max_skipped_steps: int = 20, seed: int = 0, rank: int = 0,
-                    store=None, store_verify_batches: int = 1) -> dict:
-    """One epoch. The teacher's logits come from `teacher` (run online) or from `store`
-    (a `TeacherStore` recorded for exactly these views). The loss is checked for NaN/inf every
-    step on a CPU or with nonfinite=skip; on a GPU with nonfinite=error every 20 steps, so the
-    hot loop does not wait for the device each step."""
-    model.train()
-    check_every = 1 if (device.type == "cpu" or nonfinite == "skip") else 20
-    bad = torch.zeros((), dtype=torch.bool, device=device)
-    skipped = 0
-    n_steps = len(loader)
+def train_one_epoch(s: Step, loader, device: torch.device, epoch: int,
+                    opts: StepOptions = StepOptions()) -> dict:
+    """One epoch. The loss is checked for NaN/inf every step on a CPU or with nonfinite=skip;
+    on a GPU every 20 steps, so the hot loop does not wait for the device each step."""
+    s.model.train()
+    guard = _FiniteGuard(device, opts, len(loader))
     sums = torch.zeros(4, device=device)   # loss, base_loss, distill_loss, correct (summed)
-    seen, t0 = 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress,
+    seen, n_steps, t0 = 0, len(loader), time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not opts.progress,
                dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with record_function("mix"):
-            images, targets = mix_batch(mixer, images, labels,
-                                        batch_seed(seed, epoch, rank, step))
-        teacher_logits = None
-        if criterion.needs_teacher and store is not None:
+            images, targets = mix_batch(s.mixer, images, labels,
+                                        batch_seed(opts.seed, epoch, opts.rank, step))
+        t_logits = None                                               # [B, C]
+        if s.criterion.needs_teacher:
             with record_function("teacher"):
-                if store_verify_batches < 0 or step < store_verify_batches:
-                    store.verify(epoch, step, view_checksum(images))
-                teacher_logits = store.logits(epoch, step, device)  # [B, C] log-probabilities
-        with autocast(device, amp_dtype):
-            if criterion.needs_teacher and teacher_logits is None:
-                with record_function("teacher"):
-                    teacher_logits = teacher(images).float()
-            with record_function("student_forward"):
-                cls_logits, dist_logits = forward_heads(model, images)
-                parts = criterion(cls_logits.float(),
-                                  None if dist_logits is None else dist_logits.float(),
-                                  targets, teacher_logits)
+                t_logits = s.teacher(images, epoch, step)
+        with autocast(device, opts.amp_dtype), record_function("student_forward"):
+            cls_logits, dist_logits = forward_heads(s.model, images)  # [B, C] each
+            parts = s.criterion(cls_logits.float(), _float(dist_logits), targets, t_logits)
         loss = parts["loss"]
-        bad |= ~torch.isfinite(loss.detach())
-        what = None
-        if ((step + 1) % check_every == 0 or step == n_steps - 1) and bad.item():
-            first = step + 1 if check_every == 1 else max(step + 2 - check_every, 1)
-            where = f"step {step + 1}" if first == step + 1 else f"steps {first}..{step + 1}"
-            what = (f"non-finite loss at epoch {epoch + 1}, {where}: " +
-                    ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
-            bad.zero_()
-        if what is not None:
-            skipped += 1
-            if nonfinite != "skip":
-                raise NonFiniteLossError(what + ". The last good checkpoint is intact; lower "
-                                         "the lr, set optim.clip_grad, or nonfinite=skip")
-            if skipped > max_skipped_steps:
-                raise NonFiniteLossError(f"{what}: {skipped} non-finite steps in this epoch, "
-                                         f"more than max_skipped_steps={max_skipped_steps}")
-            optimizer.zero_grad(set_to_none=True)
+        if not guard.ok(loss, parts, epoch, step):
+            s.optimizer.zero_grad(set_to_none=True)
             continue
-        optimizer.zero_grad(set_to_none=True)
+        s.optimizer.zero_grad(set_to_none=True)
         with record_function("backward"):
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
+            (s.scaler.scale(loss) if s.scaler else loss).backward()
         with record_function("optimizer"):
-            if clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if scheduler is not None:
-                scheduler.step_update(num_updates=epoch * n_steps + step + 1)
-        if ema is not None:
+            _optimizer_step(s, opts.clip_grad)
+            if s.scheduler is not None:
+                s.scheduler.step_update(num_updates=epoch * n_steps + step + 1)
+        if s.ema is not None:
             with record_function("ema"):
-                ema.update(model, step=epoch * n_steps + step + 1)
+                s.ema.update(s.model, step=epoch * n_steps + step + 1)
         with torch.no_grad():
-            pred = fuse(cls_logits.float(), None if dist_logits is None else dist_logits.float())
-            correct = (pred.argmax(-1) == labels).sum() if mixer is None else \
-                (pred.argmax(-1) == targets.argmax(-1)).sum()
-            sums += torch.stack([loss.detach() * len(images),
-                                 parts["base_loss"].detach() * len(images),
-                                 parts["distill_loss"].detach() * len(images),
-                                 correct.float()])
+            pred = fuse(cls_logits.float(), _float(dist_logits)).argmax(-1)
+            truth = labels if targets.dim() == 1 else targets.argmax(-1)
+            n = len(images)
+            sums += torch.stack([loss.detach() * n, parts["base_loss"].detach() * n,
+                                 parts["distill_loss"].detach() * n, (pred == truth).sum().float()])
         seen += len(images)
-        if progress and (step % 10 == 0 or step == n_steps - 1):
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if opts.progress and (step % 10 == 0 or step == n_steps - 1):
+            bar.set_postfix(loss=f"{loss.item():.3f}",
+                            lr=f"{s.optimizer.param_groups[0]['lr']:.2e}")
     elapsed = time.perf_counter() - t0
-    totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([seen, skipped])]))  # all ranks
-    seen_all = int(totals[4].item())
-    skipped = int(totals[5].item())
-    s = (totals[:4] / max(seen_all, 1)).tolist()
-    seen = seen_all
-    return {"train_loss": s[0], "train_base_loss": s[1], "train_distill_loss": s[2],
-            "train_top1": s[3], "lr": optimizer.param_groups[0]["lr"],
-            "skipped_steps": skipped, "epoch_seconds": elapsed,
+    totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([seen, guard.skipped])]))  # ranks
+    seen = int(totals[4].item())
+    mean = (totals[:4] / max(seen, 1)).tolist()
+    return {"train_loss": mean[0], "train_base_loss": mean[1], "train_distill_loss": mean[2],
+            "train_top1": mean[3], "lr": s.optimizer.param_groups[0]["lr"],
+            "skipped_steps": int(totals[5].item()), "epoch_seconds": elapsed,
             "images_per_second": seen / elapsed}
+
+
+def _float(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.float()
+
+
+def _optimizer_step(s: Step, clip_grad: Optional[float]) -> None:
+    if s.scaler is not None:
+        s.scaler.unscale_(s.optimizer)
+    if clip_grad:
+        nn.utils.clip_grad_norm_(s.model.parameters(), clip_grad)
+    if s.scaler is not None:
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+    else:
+        s.optimizer.step()
+
+
+class _FiniteGuard:
+    """Watches the loss for NaN/inf without a host sync every step on a GPU (see
+    train_one_epoch); raises or counts skipped steps according to `nonfinite`."""
+
+    def __init__(self, device: torch.device, opts: StepOptions, n_steps: int):
+        self.every = 1 if (device.type == "cpu" or opts.nonfinite == "skip") else 20
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.opts, self.n_steps, self.skipped = opts, n_steps, 0
+
+    def ok(self, loss: torch.Tensor, parts: dict, epoch: int, step: int) -> bool:
+        self.bad |= ~torch.isfinite(loss.detach())
+        due = (step + 1) % self.every == 0 or step == self.n_steps - 1
+        if not (due and self.bad.item()):
+            return True
+        self.bad.zero_()
+        first = step + 1 if self.every == 1 else max(step + 2 - self.every, 1)
+        where = f"step {step + 1}" if first == step + 1 else f"steps {first}..{step + 1}"
+        what = (f"non-finite loss at epoch {epoch + 1}, {where}: " +
+                ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()))
+        self.skipped += 1
+        if self.opts.nonfinite != "skip":
+            raise NonFiniteLossError(what + ". The last good checkpoint is intact; lower the lr, "
+                                     "set optim.clip_grad, or nonfinite=skip")
+        if self.skipped > self.opts.max_skipped_steps:
+            raise NonFiniteLossError(f"{what}: {self.skipped} non-finite steps in this epoch, "
+                                     f"more than max_skipped_steps={self.opts.max_skipped_steps}")
+        return False
 
 
 def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -172,54 +183,45 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.T
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[Teacher] = None,
              fusion: str = "logits", amp_dtype: Optional[torch.dtype] = None,
-             progress: bool = False, prefix: str = "") -> dict:
+             progress: bool = False) -> dict:
     """Top-1/top-5 of the class head, distillation head and fusion; head agreement; token
-    cosine similarity; teacher accuracy and student-teacher agreement (fractions in [0, 1])."""
-    model.eval()
-    keys = ["cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
-            "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
-            "student_teacher_agreement"]
-    sums = dict.fromkeys(keys, 0.0)
+    cosine similarity; teacher accuracy and student-teacher agreement (fractions in [0, 1]):
+    the keys of EVAL_KEYS (None where a run has no such head or teacher), and `eval_images`."""
+    model = getattr(model, "module", model).eval()  # the bare model, never through DDP
+    sums = dict.fromkeys(EVAL_KEYS, 0.0)
     n, has_dist = 0, False
-    model = getattr(model, "module", model)  # evaluate the bare model, never through DDP
     for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress):
         images, labels = images.to(device), labels.to(device)
         with autocast(device, amp_dtype):
             if hasattr(model, "cls_token"):
                 out = student_forward(model, images)
-                cls_l, dist_l = out.cls_logits.float(), out.dist_logits
-                tok_c, tok_d = out.cls_token.float(), out.dist_token
+                cls_l, dist_l = out.cls_logits.float(), _float(out.dist_logits)
+                tok_c, tok_d = out.cls_token.float(), _float(out.dist_token)
             else:
                 cls_l, dist_l, tok_c, tok_d = model(images).float(), None, None, None
             t_logits = teacher(images).float() if teacher is not None else None
-        fused = fuse(cls_l, None if dist_l is None else dist_l.float(), fusion)
-        sums["cls_top1"] += _topk_correct(cls_l, labels, 1).item()
-        sums["cls_top5"] += _topk_correct(cls_l, labels, 5).item()
-        sums["fused_top1"] += _topk_correct(fused, labels, 1).item()
-        sums["fused_top5"] += _topk_correct(fused, labels, 5).item()
+        fused = fuse(cls_l, dist_l, fusion)
+        for head, logits in (("cls", cls_l), ("fused", fused), ("dist", dist_l),
+                             ("teacher", t_logits)):
+            if logits is not None:
+                sums[f"{head}_top1"] += _topk_correct(logits, labels, 1).item()
+                sums[f"{head}_top5"] += _topk_correct(logits, labels, 5).item()
         if dist_l is not None:
             has_dist = True
-            dist_l = dist_l.float()
-            sums["dist_top1"] += _topk_correct(dist_l, labels, 1).item()
-            sums["dist_top5"] += _topk_correct(dist_l, labels, 5).item()
             sums["head_agreement"] += (cls_l.argmax(-1) == dist_l.argmax(-1)).sum().item()
-            sums["token_cosine"] += F.cosine_similarity(tok_c, tok_d.float(), dim=-1).sum().item()
+            sums["token_cosine"] += F.cosine_similarity(tok_c, tok_d, dim=-1).sum().item()
         if t_logits is not None:
-            sums["teacher_top1"] += _topk_correct(t_logits, labels, 1).item()
-            sums["teacher_top5"] += _topk_correct(t_logits, labels, 5).item()
             sums["student_teacher_agreement"] += \
                 (fused.argmax(-1) == t_logits.argmax(-1)).sum().item()
         n += len(labels)
     # sum over ranks (each rank saw a disjoint shard): exact, each image counted once
-    tot = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [n, float(has_dist)],
+    tot = all_reduce_sum(torch.tensor([sums[k] for k in EVAL_KEYS] + [n, float(has_dist)],
                                       dtype=torch.float64, device=device)).tolist()
-    sums, n, has_dist = dict(zip(keys, tot[:-2])), int(tot[-2]), tot[-1] > 0
-    res = {k: v / max(n, 1) for k, v in sums.items()}
+    n, has_dist = int(tot[-2]), tot[-1] > 0
+    res = {k: v / max(n, 1) for k, v in zip(EVAL_KEYS, tot[:-2])}
     if not has_dist:
-        for k in ("dist_top1", "dist_top5", "head_agreement", "token_cosine"):
-            res[k] = None
+        res.update(dict.fromkeys(("dist_top1", "dist_top5", "head_agreement", "token_cosine")))
     if teacher is None:
-        for k in ("teacher_top1", "teacher_top5", "student_teacher_agreement"):
-            res[k] = None
+        res.update(dict.fromkeys(("teacher_top1", "teacher_top5", "student_teacher_agreement")))
     res["eval_images"] = n
-    return {f"{prefix}{k}": v for k, v in res.items()}
+    return res

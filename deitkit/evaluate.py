@@ -9,10 +9,10 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import from_dict
 from .data import build_eval_transform, load_dataset
-from .engine import evaluate
+from .engine import EVAL_KEYS, evaluate
 from .models import create_teacher
 from .models.teacher import model_from_checkpoint
-from .train import resolve_amp, resolve_device
+from .runtime import resolve_amp, resolve_device
 
 
 def _checkpoint_path(run: str, last: bool) -> Path:
@@ -67,9 +67,7 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
 def format_eval(res: dict) -> str:
     lines = [f"{res['checkpoint']} (epoch {res['epoch']}) on {res['dataset']} {res['split']} "
              f"({res['eval_images']} images), fusion {res['fusion']}"]
-    for k in ("cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
-              "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
-              "student_teacher_agreement"):
+    for k in EVAL_KEYS:
         v = res.get(k)
         if v is not None:
             lines.append(f"  {k:<28}{v:.4f}")

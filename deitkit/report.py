@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import atomic_write_text
+
 
 def fmt(cell: Any) -> str:
     if cell is None:
@@ -140,7 +142,7 @@ def write_report(study_dir: str | Path) -> Path:
         lines.append(f"| {r['name']} | {r['seed']} | {top1} | {s.get('epochs')} | "
                      f"{s.get('wall_seconds', 0):.0f} | `{r['run_dir']}` |")
     path = study_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", path)
     return path
 
 

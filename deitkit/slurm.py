@@ -7,7 +7,12 @@ ordinary CLI runs, so the training code is the same single code path.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional
+
+try:  # optional: `pip install 'deitkit[slurm]'`
+    import submitit
+except ImportError:
+    submitit = None
 
 
 class SlurmError(RuntimeError):
@@ -24,31 +29,28 @@ def torch_env(global_rank: int, local_rank: int, world: int, hostnames: list[str
 class SlurmTask:
     """The picklable callable submitit runs in every task."""
 
-    def __init__(self, argv: list[str], port: int):
-        self.argv, self.port = argv, port
+    def __init__(self, entry: Callable[[list[str]], int], argv: list[str], port: int):
+        # entry: the CLI's main, handed in by the CLI (pickled by reference)
+        self.entry, self.argv, self.port = entry, argv, port
 
     def __call__(self) -> int:
-        import submitit
         env = submitit.JobEnvironment()
         os.environ.update(torch_env(env.global_rank, env.local_rank, env.num_tasks,
                                     env.hostnames, self.port))
-        from .cli import main
-        return main(self.argv)
+        return self.entry(self.argv)
 
 
-def submit(argv: list[str], folder: str, nodes: int = 1, gpus_per_node: int = 8,
+def submit(entry: Callable[[list[str]], int], argv: list[str], folder: str, nodes: int = 1, gpus_per_node: int = 8,
            cpus_per_task: int = 10, timeout_min: int = 60 * 24, partition: Optional[str] = None,
            port: int = 29500, job_name: str = "deitkit", cluster: Optional[str] = None):
-    """Submit `deitkit <argv>` as a SLURM job of nodes x gpus_per_node tasks; return the job.
+    """Submit `entry(argv)` (the CLI: `deitkit <argv>`) as a SLURM job of nodes x gpus_per_node tasks; return the job.
 
     cluster="local" runs the tasks as local processes instead (submitit's local executor), to
     try a submission on a machine without SLURM.
     """
-    try:
-        import submitit
-    except ImportError:
+    if submitit is None:
         raise SlurmError("`deitkit slurm` needs submitit: pip install 'deitkit[slurm]' "
-                           "(or use the sbatch script in docs/distributed.md)") from None
+                           "(or use the sbatch script in docs/distributed.md)")
     if "--out" not in argv and not any(a.startswith("out=") for a in argv):
         raise SlurmError("give the run folder with --out (all tasks must agree on it)")
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
@@ -60,4 +62,4 @@ def submit(argv: list[str], folder: str, nodes: int = 1, gpus_per_node: int = 8,
     if partition:
         params["slurm_partition"] = partition
     executor.update_parameters(**params)
-    return executor.submit(SlurmTask(list(argv), port))
+    return executor.submit(SlurmTask(entry, list(argv), port))

@@ -1,6 +1,8 @@
 """`deitkit bench` runs every configuration and reports the ratios the issue names."""
 import json
 
+import pytest
+
 from deitkit.bench import BenchConfig, _MemoryStore, format_bench, run_bench
 from deitkit.cli import main
 
@@ -23,7 +25,9 @@ def test_bench_reports_every_stage_and_ratio():
     assert all(len(t) == SMALL.repeats for t in res["repeats_seconds"].values())
     share = res["profile_share_ours_fp32"]
     assert share["teacher"] > 0 and share["backward"] > 0
-    assert abs(sum(share.values()) - 1) < 0.05 or share["other"] == 0
+    phases = sum(v for k, v in share.items() if k != "other")
+    assert 0 < phases <= 1.05  # the phases are disjoint ranges inside the measured wall time
+    assert share["other"] == pytest.approx(max(0.0, 1.0 - phases))
     assert res["data_images_per_second_per_worker"] > 0
     assert res["eval_images_per_second_fp32"] > 0
     text = format_bench(res)
@@ -43,6 +47,6 @@ def test_bench_cli_writes_json(tmp_path):
 
 def test_memory_store_reads_like_a_file_store():
     s = _MemoryStore(steps=2, batch=3, num_classes=5)
-    logits = s.logits(0, 1, device="cpu")
+    logits = s.log_probs(0, 1, device="cpu")
     assert logits.shape == (3, 5)
     assert abs(float(logits.exp().sum(-1).mean()) - 1) < 1e-5

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from deitkit.config import ConfigError, build_config, dump_yaml, from_dict, list_recipes
-from deitkit.train import global_lr
+from deitkit.fit import global_lr
 
 
 def test_paper_defaults_are_the_dataclass_defaults():
@@ -89,3 +89,24 @@ def test_yaml_is_read_safely(tmp_path):
     f.write_text("epochs: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         build_config("quickstart", str(f))
+
+
+def test_dotted_overrides_merge_into_dicts_key_by_key():
+    # the quickstart recipe sets model.overrides: {depth: 6}
+    assert build_config("quickstart").model.overrides["depth"] == 6
+    cfg = build_config("quickstart", overrides=["model.overrides.embed_dim=128"])
+    assert cfg.model.overrides == {"depth": 6, "embed_dim": 128}  # the recipe's depth is kept
+    cfg = build_config("quickstart", overrides=["model.overrides.depth=4",
+                                                "model.overrides.embed_dim=128"])
+    assert cfg.model.overrides == {"depth": 4, "embed_dim": 128}  # both kept, depth overridden
+    cfg = build_config("quickstart", overrides=["model.overrides={num_heads: 2}"])
+    assert cfg.model.overrides == {"depth": 6, "num_heads": 2}    # a whole dict merges too
+    # and the resolved config (what config.yaml stores) says so
+    assert yaml.safe_load(dump_yaml(cfg))["model"]["overrides"] == {"depth": 6, "num_heads": 2}
+
+
+def test_choices_are_types_checked_once():
+    with pytest.raises(ConfigError, match=r"'aug.stack' expects one of deit, v2, light"):
+        build_config("quickstart", overrides=["aug.stack=heavy"])
+    with pytest.raises(ConfigError, match=r"'amp' expects one of auto, bf16, fp16, off"):
+        from_dict({"amp": "fp8"})

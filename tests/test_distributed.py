@@ -1,6 +1,7 @@
 """torchrun with 2 gloo processes on CPU: equivalence with 1 process, resume, error handling."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,32 @@ TIMING = ("epoch_seconds", "images_per_second")
 def _run(cmd, timeout=300, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def _descendants(pid: int) -> list[int]:
+    """pid and every process below it (read from /proc, by parent id)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children.get(p, [])
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended
 
 
 def _metrics(run):
@@ -91,10 +118,14 @@ def test_resume_under_two_processes(teacher, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not (run / "checkpoint-last.pt").is_file():
         time.sleep(0.05)
-    # kill -9 torchrun and its workers (they run in sessions of their own), mid-run
-    subprocess.run(["pkill", "-9", "-f", "--", f"--out {run}"])
+    # kill -9 torchrun and its workers, mid-run: by process id (the workers run in sessions
+    # of their own, so torchrun's process group does not hold them)
+    family = _descendants(proc.pid)
+    assert len(family) >= 3, family  # torchrun and two workers
+    for pid in family:
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
-    while subprocess.run(["pgrep", "-f", "--", f"--out {run}"], capture_output=True).returncode == 0:
+    while any(_alive(pid) for pid in family):
         time.sleep(0.1)
     assert len(_metrics(run)) < 3
     r = _run(TORCHRUN + ["train", "--resume", str(run), "--no-progress"])

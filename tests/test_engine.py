@@ -4,7 +4,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from deitkit import DistillationLoss, create_student
-from deitkit.engine import NonFiniteLossError, evaluate, train_one_epoch
+from deitkit.distill.sources import OnlineTeacher
+from deitkit.engine import NonFiniteLossError, Step, StepOptions, evaluate, train_one_epoch
 from deitkit.models import Teacher, create_cnn
 
 
@@ -30,8 +31,9 @@ def test_teacher_is_frozen_and_outside_the_optimizer():
     ids = {id(p) for g in opt.param_groups for p in g["params"]}
     assert not ids & {id(p) for p in teacher.parameters()}
     w0 = student.head_dist.weight.clone()
-    stats = train_one_epoch(student, DistillationLoss("hard"), _toy(), opt, torch.device("cpu"),
-                            0, teacher=teacher, progress=False)
+    cpu = torch.device("cpu")
+    step = Step(student, DistillationLoss("hard"), opt, teacher=OnlineTeacher(teacher, cpu))
+    stats = train_one_epoch(step, _toy(), cpu, 0, StepOptions(progress=False))
     for k, v in teacher.state_dict().items():  # weights and BatchNorm running stats
         assert torch.equal(v, before[k]), k
     assert not teacher.training
@@ -45,8 +47,8 @@ def test_non_finite_loss_stops_with_epoch_and_step():
         student.head.weight.fill_(float("nan"))
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match=r"epoch 3, step 1: loss=nan"):
-        train_one_epoch(student, DistillationLoss("none"), _toy(), opt, torch.device("cpu"), 2,
-                        progress=False)
+        train_one_epoch(Step(student, DistillationLoss("none"), opt), _toy(),
+                        torch.device("cpu"), 2, StepOptions(progress=False))
 
 
 def test_evaluate_metrics_agree_with_direct_computation():
@@ -82,13 +84,12 @@ def test_nonfinite_skip_policy_drops_and_counts_the_bad_step():
     loader = DataLoader(TensorDataset(x, torch.randint(0, 4, (32,))), batch_size=8)
     student = _student()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    stats = train_one_epoch(student, DistillationLoss("none"), loader, opt, torch.device("cpu"),
-                            0, progress=False, nonfinite="skip")
+    step, cpu = Step(student, DistillationLoss("none"), opt), torch.device("cpu")
+    stats = train_one_epoch(step, loader, cpu, 0, StepOptions(progress=False, nonfinite="skip"))
     assert stats["skipped_steps"] == 1
     assert all(torch.isfinite(p).all() for p in student.parameters())
     with pytest.raises(NonFiniteLossError, match="more than max_skipped_steps=0"):
-        train_one_epoch(student, DistillationLoss("none"), loader, opt, torch.device("cpu"), 1,
-                        progress=False, nonfinite="skip", max_skipped_steps=0)
+        train_one_epoch(step, loader, cpu, 1,
+                        StepOptions(progress=False, nonfinite="skip", max_skipped_steps=0))
     with pytest.raises(NonFiniteLossError, match="epoch 3, step 2"):
-        train_one_epoch(student, DistillationLoss("none"), loader, opt, torch.device("cpu"), 2,
-                        progress=False)
+        train_one_epoch(step, loader, cpu, 2, StepOptions(progress=False))

@@ -1,7 +1,6 @@
 import json
-import sys
 
-
+from deitkit import slurm
 from deitkit.cli import main
 from deitkit.slurm import torch_env
 
@@ -13,7 +12,7 @@ def test_slurm_task_environment():
 
 
 def test_missing_submitit_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "submitit", None)
+    monkeypatch.setattr(slurm, "submitit", None)
     assert main(["slurm", "--", "train", "--out", "x"]) == 2
     assert "pip install 'deitkit[slurm]'" in capsys.readouterr().err
 

@@ -8,10 +8,10 @@ import torch
 from deitkit import build_config, train
 from deitkit.cli import main
 from deitkit.data import build_mixer, load_dataset
-from deitkit.distill.store import (StoreError, TeacherStore, record_store,
-                                   reconstruct_log_probs)
-from deitkit.engine import batch_seed, mix_batch, view_checksum
-from deitkit.train import build_loaders
+from deitkit.data import batch_seed, mix_batch
+from deitkit.distill.store import StoreError, TeacherStore, reconstruct_log_probs, view_checksum
+from deitkit.fit import build_loaders
+from deitkit.pipeline import record_store, train_teacher
 
 # Mixup/CutMix, RandAugment, random erasing, repeated augmentation: every random stream of a
 # view is exercised
@@ -102,7 +102,6 @@ def test_store_from_another_teacher_is_refused(store, tmp_path):
     train_cfg = build_config("cnn-teacher", overrides=[
         f"out={other}", "epochs=1", "progress=false", "data.train_fraction=0.1", "device=cpu",
         "seed=5", "data.batch_size=16"])
-    from deitkit.train import train_teacher
     train_teacher(train_cfg)
     cfg = _cfg(tmp_path / "r", f"teacher.name={other}", f"distill.store={root}")
     with pytest.raises(StoreError, match="teacher_digest"):
@@ -116,7 +115,7 @@ def test_corrupted_view_is_detected(store, tmp_path):
     root, meta = store
     cfg = _cfg(tmp_path)
     s = TeacherStore(root, json.loads((root / "meta.json").read_text())["fingerprint"],
-                     meta["epochs"], meta["steps"])
+                     meta["epochs"])
     views = _views(cfg, 0)
     s.verify(0, 0, view_checksum(views[0]))
     views[0][0, 0, 0, 0] += 1e-3

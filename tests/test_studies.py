@@ -8,7 +8,9 @@ from deitkit.cli import main
 from deitkit.config import ConfigError
 from deitkit.report import fmt, write_report
 from deitkit.studies import STUDIES, run_study
-from deitkit.studies.catalog import agg, compare, paired, verdict
+from deitkit.checkpoint import CheckpointError
+from deitkit.studies import distill_heads
+from deitkit.studies.stats import agg, compare, paired, verdict
 
 
 def _tables_in(report: str) -> dict:
@@ -57,7 +59,11 @@ def test_study_end_to_end_tiny(root, name):
     assert res["study"] == name and res["budget"] == "tiny" and res["seeds"] == 1
     assert all(r["summary"]["fused_top1"] is not None for r in res["runs"])
     if name == "distill-heads":
-        assert (study_dir / "disagreements.png").is_file() or res["gallery"] is None
+        # the gallery was drawn (a failure would be logged and named in gallery_error)
+        assert res.get("gallery_error") is None
+        assert (study_dir / "disagreements.png").is_file() and res["gallery"]["items"]
+        for item in res["gallery"]["items"]:  # each image shows a real disagreement
+            assert item["class_head"] != item["dist_head"]
         row = res["tables"][0]["rows"][3]               # both tokens, hard distillation
         assert row[4] is not None and row[5] is not None  # head agreement, token cosine
     if name == "teacher-kind":
@@ -66,12 +72,30 @@ def test_study_end_to_end_tiny(root, name):
         assert not any(t in res["teachers_trained"] for t in res["teachers_reused"])
 
 
+def test_a_gallery_that_cannot_be_drawn_is_logged_and_reported(root, monkeypatch, caplog):
+    study_dir = next(root.glob("distill-heads-*"))
+    record = json.loads((study_dir / "results.json").read_text())
+
+    def broken(run_dir, out, limit=16):
+        raise CheckpointError(f"checkpoint '{run_dir}/checkpoint-best.pt' is truncated")
+    monkeypatch.setattr(distill_heads, "disagreement_gallery", broken)
+    with caplog.at_level("WARNING"):
+        res = distill_heads.STUDY.analyze(record, study_dir)
+    assert res["gallery"] is None
+    assert "is truncated" in res["gallery_error"]
+    assert any("is truncated" in f for f in res["findings"])  # in report.md's findings
+    assert "disagreement gallery could not be drawn" in caplog.text
+
+
 def test_finished_study_is_not_rerun(root):
+    files = [p for p in root.glob("aug-strength-*/runs/*/*") if p.is_file()]
+    before = {p: p.stat().st_mtime_ns for p in files}
+    assert len([p for p in before if p.name == "summary.json"]) == 4
     lines = []
     run_study("aug-strength", budget="tiny", root=root, device="cpu", log=lines.append)
     assert sum("(finished before)" in line for line in lines) == 4
-    mtimes = {p: p.stat().st_mtime for p in root.glob("aug-strength-*/runs/*/summary.json")}
-    assert len(mtimes) == 4
+    # not one file of a finished run was rewritten (no training, no checkpoint, no summary)
+    assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
 def test_finished_run_with_another_configuration_is_refused(root):

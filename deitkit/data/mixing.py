@@ -1,6 +1,8 @@
-"""Batch-level Mixup/CutMix: timm's `Mixup` for the DeiT stack, v2's for the seed's stack."""
+"""Batch-level Mixup/CutMix (timm's `Mixup` for the DeiT stack, v2's for the seed's stack),
+seeded per batch so that every mixed view can be replayed."""
 from __future__ import annotations
 
+import zlib
 from typing import Callable, Optional
 
 import torch
@@ -9,6 +11,7 @@ from timm.data import Mixup
 from torchvision.transforms import v2
 
 from ..config import AugConfig
+from .sources import ForkRng
 
 Mixer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -33,3 +36,17 @@ def build_mixer(aug: AugConfig, num_classes: int) -> Optional[Mixer]:
             return x, F.one_hot(y, num_classes).float()
         return choice(x, y)
     return v2_mix
+
+
+def batch_seed(run_seed: int, epoch: int, rank: int, step: int) -> int:
+    """The seed of one batch's Mixup/CutMix draw: a hash of (run seed, epoch, rank, step)."""
+    return zlib.crc32(f"mix/{run_seed}/{epoch}/{rank}/{step}".encode())
+
+
+def mix_batch(mixer: Optional[Mixer], images: torch.Tensor, labels: torch.Tensor, seed: int):
+    """Mixup/CutMix under a per-batch seed, so the mixed view can be replayed exactly (the
+    per-image augmentation is seeded per item by the dataset). Without a mixer: as given."""
+    if mixer is None:
+        return images, labels
+    with ForkRng(seed):
+        return mixer(images, labels)                               # targets: [B, C] soft

@@ -30,11 +30,11 @@ class SampleKey(NamedTuple):
 
 class RepeatedAugSampler(Sampler[SampleKey]):
     def __init__(self, n: int, repeats: int = 3, num_replicas: int = 1, rank: int = 0,
-                 shuffle: bool = True, seed: int = 0):
+                 seed: int = 0):
         if n <= 0:
             raise ValueError("the training set is empty")
         self.n, self.repeats, self.world, self.rank = n, repeats, num_replicas, rank
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.seed, self.epoch = seed, 0
         self.num_samples = math.ceil(n / num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
@@ -45,7 +45,7 @@ class RepeatedAugSampler(Sampler[SampleKey]):
 
     def __iter__(self) -> Iterator[SampleKey]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        order = torch.randperm(self.n, generator=g)
         rep = order.repeat_interleave(self.repeats)              # a,a,a,b,b,b,...
         total = math.ceil(len(rep) / self.world) * self.world
         if total > len(rep):

@@ -21,6 +21,14 @@ def _crop(aug: AugConfig, size: int, v: bool = False):
                                 interpolation=_INTERP[aug.interpolation])
 
 
+def ra_magnitude(spec: str) -> int:
+    """The magnitude of a timm RandAugment spec (`rand-m9-mstd0.5-inc1` -> 9; 9 when unset)."""
+    for part in spec.split("-")[1:]:
+        if part.startswith("m") and not part.startswith("mstd") and part[1:].isdigit():
+            return int(part[1:])
+    return 9
+
+
 def build_train_transform(aug: AugConfig, size: int, mean: Sequence[float],
                           std: Sequence[float]):
     """Per-image training transform (PIL in, normalised float tensor [3, H, W] out)."""
@@ -37,7 +45,8 @@ def build_train_transform(aug: AugConfig, size: int, mean: Sequence[float],
         return v2.Compose([
             _crop(aug, size, v=True),
             v2.RandomHorizontalFlip(aug.hflip),
-            v2.RandAugment(num_ops=2, magnitude=aug.ra_magnitude),
+            *([v2.RandAugment(num_ops=2, magnitude=ra_magnitude(aug.rand_augment))]
+              if aug.rand_augment else []),
             v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(mean), list(std)),
             v2.RandomErasing(p=aug.reprob),

@@ -6,15 +6,13 @@ is written here in a few lines.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("none", "soft", "hard")
-KL_NORMS = ("per_element", "batchmean")
-HEADS = ("both", "cls", "dist")
+from ..config import DistillKind, Fusion, Heads, KlNorm
 
 
 def base_ce(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -51,15 +49,14 @@ class DistillationLoss(nn.Module):
     Returns a dict with `loss`, `base_loss` and `distill_loss`.
     """
 
-    def __init__(self, kind: str = "hard", alpha: float = 0.5, tau: float = 1.0,
-                 kl_norm: str = "per_element", heads: str = "both", smoothing: float = 0.0):
+    def __init__(self, kind: DistillKind = "hard", alpha: float = 0.5, tau: float = 1.0,
+                 kl_norm: KlNorm = "per_element", heads: Heads = "both",
+                 smoothing: float = 0.0):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"distillation kind must be one of {KINDS}, got {kind!r}")
-        if kl_norm not in KL_NORMS:
-            raise ValueError(f"kl_norm must be one of {KL_NORMS}, got {kl_norm!r}")
-        if heads not in HEADS:
-            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
+        for what, value, choices in (("kind", kind, DistillKind), ("kl_norm", kl_norm, KlNorm),
+                                     ("heads", heads, Heads)):  # choices: the config's types
+            if value not in get_args(choices):
+                raise ValueError(f"{what} must be one of {get_args(choices)}, got {value!r}")
         if heads == "cls" and kind != "none":
             raise ValueError("heads='cls' trains the class head without a teacher: use kind='none'")
         if heads == "dist" and kind == "none":
@@ -103,15 +100,15 @@ class DistillationLoss(nn.Module):
 
 
 def fuse(cls_logits: torch.Tensor, dist_logits: Optional[torch.Tensor],
-         mode: str = "logits") -> torch.Tensor:
+         mode: Fusion = "logits") -> torch.Tensor:
     """Fuse the two heads at inference.
 
     `logits`: (cls + dist) / 2, a logit tensor (official code, timm, Hugging Face; the default).
     `probs`:  (softmax(cls) + softmax(dist)) / 2, a probability tensor (the paper's text).
     With no distillation head the class head is returned (as logits or probabilities).
     """
-    if mode not in ("logits", "probs"):
-        raise ValueError(f"fusion mode must be 'logits' or 'probs', got {mode!r}")
+    if mode not in get_args(Fusion):
+        raise ValueError(f"fusion mode must be one of {get_args(Fusion)}, got {mode!r}")
     if dist_logits is None:
         return cls_logits if mode == "logits" else cls_logits.softmax(-1)
     if mode == "logits":

@@ -1,6 +1,6 @@
 """Stored teacher outputs: run the teacher once, train many students without it.
 
-`record_store` walks every epoch of a run's training stream exactly as `fit` would show it to
+`pipeline.record_store` walks every epoch of a run's training stream exactly as `fit` would show it to
 the student: the same sampler order, the same per-item augmentation seeds (see
 `data.sampler`), the same per-batch Mixup/CutMix seed (`engine.batch_seed`). For each batch it
 keeps the teacher's top-K probabilities (values and class indices) and a crc32 checksum of the
@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
+import zlib
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write, atomic_write_text
 from ..config import ConfigError, TrainConfig, to_dict
 
 STORE_FORMAT = 1
@@ -43,15 +41,6 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 
 class StoreError(ConfigError):
     """A teacher-output store is missing, incomplete, or was recorded for another run."""
-
-
-def teacher_digest(model: torch.nn.Module) -> str:
-    """sha256 of a model's state dict (names and raw bytes), the teacher's identity."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def data_digest(bundle) -> str:
@@ -116,7 +105,7 @@ def reconstruct_log_probs(values: torch.Tensor, indices: torch.Tensor,
 class TeacherStore:
     """Read side: the targets of (epoch, step) for this process's rank."""
 
-    def __init__(self, path: str | Path, wanted: dict, epochs: int, steps: int, rank: int = 0):
+    def __init__(self, path: str | Path, wanted: dict, epochs: int, rank: int = 0):
         self.root = Path(path).expanduser()
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
@@ -136,9 +125,6 @@ class TeacherStore:
         if self.meta["epochs"] < epochs:
             raise StoreError(f"teacher store '{self.root}' holds {self.meta['epochs']} epochs, "
                              f"this run needs {epochs}")
-        if self.meta["steps"] != steps:
-            raise StoreError(f"teacher store '{self.root}' has {self.meta['steps']} steps per "
-                             f"epoch, this run has {steps}")
         self.rank, self.num_classes = rank, self.meta["fingerprint"]["num_classes"]
         self.topk = self.meta["topk"]
         self._epoch, self._data = None, None
@@ -165,8 +151,14 @@ class TeacherStore:
                 f"{want:08x}). The images, the augmentation code or a library version changed "
                 "since recording; record the store again")
 
-    def logits(self, epoch: int, step: int, device: torch.device) -> torch.Tensor:
-        """[B, C] teacher log-probabilities (usable wherever teacher logits are)."""
+    def check_steps(self, steps: int) -> None:
+        if self.meta["steps"] != steps:
+            raise StoreError(f"teacher store '{self.root}' has {self.meta['steps']} steps per "
+                             f"epoch, this run has {steps}")
+
+    def log_probs(self, epoch: int, step: int, device: torch.device) -> torch.Tensor:
+        """[B, C] teacher log-probabilities (usable wherever teacher logits are: the same
+        softmax at any temperature and the same argmax)."""
         self._load(epoch)
         values = torch.from_numpy(self._data["values"][step].astype(np.float32))
         indices = torch.from_numpy(self._data["indices"][step].astype(np.int64))
@@ -176,98 +168,38 @@ class TeacherStore:
         return out.to(device, non_blocking=True)
 
 
-def open_store(cfg: TrainConfig, bundle, world: int, rank: int, steps: int,
+def open_store(cfg: TrainConfig, bundle, world: int, rank: int,
                teacher_id: Optional[str]) -> TeacherStore:
+    """The store `cfg.distill.store`, checked against the run `cfg` describes."""
     return TeacherStore(cfg.distill.store, fingerprint(cfg, bundle, world, teacher_id),
-                        cfg.epochs, steps, rank)
+                        cfg.epochs, rank)
 
 
-def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
-                 dtype: str = "float32", log=print) -> dict:
-    """Record the teacher's top-K outputs for every view of `cfg`'s run into folder `out`.
+def epoch_file(root: str | Path, epoch: int, rank: int) -> Path:
+    return _epoch_file(Path(root), epoch, rank)
 
-    The teacher is `cfg.teacher` (given, or trained into OUT/teacher as `deitkit train` would).
-    An interrupted recording resumes: finished epoch files are kept. Returns meta.json's dict.
-    """
-    from ..data import build_mixer, load_dataset
-    from ..distributed import barrier, init_distributed
-    from ..engine import autocast, batch_seed, mix_batch, view_checksum
-    from ..train import build_loaders, resolve_amp, resolve_device, resolve_teacher
 
-    if dtype not in DTYPES:
-        raise ConfigError(f"store dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    t0 = time.perf_counter()
-    d = init_distributed(cfg.device)
-    device = resolve_device(cfg.device)
-    if d.enabled and device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
-    amp_dtype = resolve_amp(cfg.amp, device)
-    root = Path(out).expanduser()
-    if d.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-    bundle = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
-                          cfg.data.train_fraction, cfg.data.fraction_seed,
-                          digits_size=cfg.data.img_size)
-    k = bundle.num_classes if topk is None else topk
-    if not 1 <= k <= bundle.num_classes:
-        raise ConfigError(f"topk must be in 1..{bundle.num_classes} (the class count), got {k}")
-    loader, _ = build_loaders(cfg, bundle, device, dist_info=d)
-    teacher = resolve_teacher(cfg, bundle, root, log=log if d.is_main else (lambda *a: None))
-    if teacher is None:
-        raise ConfigError("recording a teacher store needs a teacher: give --teacher, or let "
-                          "deitkit train one (leave teacher.name empty)")
-    teacher.to(device)
-    digest = teacher.digest
-    teacher.optimize(device, amp_dtype)
-    mixer = build_mixer(cfg.aug, bundle.num_classes)
-    meta = {"format": STORE_FORMAT, "fingerprint": fingerprint(cfg, bundle, d.world, digest),
-            "teacher": teacher.name, "topk": k, "dtype": dtype, "epochs": cfg.epochs,
-            "steps": len(loader), "amp": str(amp_dtype), "complete": False,
-            "config": to_dict(cfg)}
-    meta_path = root / "meta.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        check_fingerprint(old["fingerprint"], meta["fingerprint"], root)
-        if (old["topk"], old["dtype"]) != (k, dtype):
-            raise StoreError(f"'{root}' holds a store with topk={old['topk']}, dtype="
-                             f"{old['dtype']}; use another folder for topk={k}, dtype={dtype}")
-    if d.is_main:
-        atomic_write_text(json.dumps(meta, indent=1) + "\n", meta_path)
-    np_dtype = DTYPES[dtype]
-    idx_dtype = np.int16 if bundle.num_classes < 2**15 else np.int32
-    bar = tqdm(range(cfg.epochs), desc="teacher store", disable=not (cfg.progress and d.is_main))
-    for epoch in bar:
-        f = _epoch_file(root, epoch, d.rank)
-        if f.is_file():
-            continue  # recorded before an interruption (written atomically, so complete)
-        loader.sampler.set_epoch(epoch)
-        steps = len(loader)
-        values, indices = None, None
-        checksums = np.zeros(steps, dtype=np.uint32)
-        for step, (images, labels) in enumerate(loader):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            images, _ = mix_batch(mixer, images, labels, batch_seed(cfg.seed, epoch, d.rank, step))
-            checksums[step] = view_checksum(images)
-            with autocast(device, amp_dtype):
-                probs = teacher(images).float().softmax(-1)                # [B, C]
-            top = probs.topk(k, dim=-1)                                     # [B, K] each
-            if values is None:
-                values = np.zeros((steps, len(images), k), dtype=np_dtype)
-                indices = np.zeros((steps, len(images), k), dtype=idx_dtype)
-            values[step] = top.values.cpu().numpy().astype(np_dtype)
-            indices[step] = top.indices.cpu().numpy().astype(idx_dtype)
-        tmp = f.with_name(f.name + ".tmp.npz")
-        np.savez(tmp, values=values, indices=indices, checksums=checksums)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, f)
-    barrier()
-    meta["complete"] = True
-    meta["wall_seconds"] = time.perf_counter() - t0
-    if d.is_main:
-        atomic_write_text(json.dumps(meta, indent=1) + "\n", meta_path)
-        size = sum(p.stat().st_size for p in root.glob("epoch-*.npz"))
-        log(f"teacher store {root}: {cfg.epochs} epochs x {meta['steps']} steps, top-{k} "
-            f"{dtype}, {size / 1e6:.1f} MB, {meta['wall_seconds']:.0f} s")
-    return meta
+def save_epoch(root: str | Path, epoch: int, rank: int, values: np.ndarray, indices: np.ndarray,
+               checksums: np.ndarray) -> Path:
+    """One epoch's targets of one rank: values/indices [steps, B, K], checksums [steps]."""
+    return atomic_write(epoch_file(root, epoch, rank), lambda f: np.savez(
+        f, values=values, indices=indices, checksums=checksums))
+
+
+def write_meta(root: str | Path, meta: dict) -> None:
+    atomic_write_text(json.dumps(meta, indent=1) + "\n", Path(root) / "meta.json")
+
+
+def read_meta(root: str | Path) -> Optional[dict]:
+    path = Path(root) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise StoreError(f"'{path}' is not valid JSON ({e})") from None
+
+
+def view_checksum(images: torch.Tensor) -> int:
+    """crc32 of a batch's bytes: recorded with stored teacher outputs, checked on replay."""
+    return zlib.crc32(images.detach().cpu().contiguous().numpy().tobytes())

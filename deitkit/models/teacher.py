@@ -7,7 +7,9 @@ another mean/std.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -16,8 +18,19 @@ import torch
 import torchvision
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+from torch.fx.experimental.optimization import optimize_for_inference
 
 from ..checkpoint import CheckpointError, load_checkpoint, load_state_file
+from .student import create_student
+
+
+def teacher_digest(model: nn.Module) -> str:
+    """sha256 of a model's state dict (names and raw bytes), the teacher's identity."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 class Teacher(nn.Module):
@@ -44,7 +57,6 @@ class Teacher(nn.Module):
     def digest(self) -> str:
         """sha256 (16 hex digits) of the original weights: the teacher's identity."""
         if self._digest is None:
-            from ..distill.store import teacher_digest
             self._digest = teacher_digest(self.model)
         return self._digest
 
@@ -59,8 +71,6 @@ class Teacher(nn.Module):
         _ = self.digest
         if device.type == "cpu" and amp_dtype is None:
             try:
-                from torch.fx.experimental.optimization import optimize_for_inference
-                import warnings
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     fast = optimize_for_inference(self.model)
@@ -147,7 +157,6 @@ def model_from_checkpoint(ckpt: dict, path) -> nn.Module:
     """Rebuild the network a deitkit checkpoint describes (its `meta`) and load its weights."""
     meta = ckpt["meta"]
     if meta.get("role") == "student":
-        from .student import create_student
         model = create_student(meta["model_name"], num_classes=meta["num_classes"],
                                img_size=meta["img_size"], patch_size=meta.get("patch_size"),
                                **meta.get("model_overrides", {}))

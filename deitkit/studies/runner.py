@@ -1,7 +1,7 @@
 """Run a study's set of training runs (resumably, with shared teachers) and collect results.
 
-A study is a list of `RunSpec`s. Each is an ordinary deitkit run (`train.fit` through
-`train`/`train_teacher`; no training loop of its own) in `STUDY/runs/<name>-s<seed>/`. A run
+A study is a list of `RunSpec`s. Each is an ordinary deitkit run (`fit` through
+`pipeline.train`/`train_teacher`; no training loop of its own) in `STUDY/runs/<name>-s<seed>/`. A run
 whose `summary.json` exists is finished and skipped; one with `checkpoint-last.pt` is resumed
 exactly; so an interrupted study picks up where it stopped.
 
@@ -11,96 +11,18 @@ overrides and seed; every run that needs the same teacher reuses that folder (an
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from ..config import ConfigError, build_config
-
-
-@dataclass
-class Budget:
-    """How big a study's runs are. `data` None means the user must give --data."""
-    name: str
-    data: Optional[str]
-    epochs: int
-    """Student epochs at `train_fraction` (fraction sweeps keep the step count: see
-    `epochs_for`)."""
-    train_fraction: float
-    img_size: int
-    patch_size: int
-    depth: int
-    """Blocks of the DeiT-Tiny students (timm's `depth`)."""
-    batch_size: int
-    teacher_epochs: int
-    eval_train_images: int
-    eval_every: int
-    num_workers: int
-    fractions: tuple
-    """Training-set fractions of `teacher-kind`."""
-    scale_fractions: tuple
-    """Training-set fractions of `data-scale` (log-spaced)."""
-    recipe: str
-    """Base recipe of the students."""
-    amp: str = "auto"
-
-    def epochs_for(self, fraction: float, epochs: Optional[int] = None) -> int:
-        """Epochs at another fraction with about the same number of optimiser steps (capped at
-        8x), so small-data runs are not also short runs."""
-        e = epochs or self.epochs
-        return max(1, min(8 * e, round(e * self.train_fraction / fraction)))
-
-
-BUDGETS = {
-    # CI: seconds per run on the embedded digits; checks the plumbing, not the claims
-    "tiny": Budget("tiny", "digits", epochs=2, train_fraction=0.25, img_size=32, patch_size=8,
-                   depth=2, batch_size=32, teacher_epochs=1, eval_train_images=128,
-                   eval_every=1, num_workers=0, fractions=(0.25, 0.5),
-                   scale_fractions=(0.125, 0.25, 0.5), recipe="quickstart"),
-    # CIFAR-10 on 2 CPU cores, each study within about 45 minutes. teacher-kind gets two
-    # fractions: each costs two teachers and two students (about 19 min on 2 cores, measured)
-    "quick": Budget("quick", None, epochs=12, train_fraction=0.1, img_size=32, patch_size=8,
-                    depth=6, batch_size=64, teacher_epochs=6, eval_train_images=1000,
-                    eval_every=3, num_workers=2, fractions=(0.02, 0.1),
-                    scale_fractions=(0.01, 0.03, 0.1), recipe="small-data-cpu"),
-    # one GPU: full training set, the small-data-cpu recipe's model
-    "full": Budget("full", None, epochs=100, train_fraction=1.0, img_size=32, patch_size=4,
-                   depth=12, batch_size=128, teacher_epochs=30, eval_train_images=5000,
-                   eval_every=5, num_workers=8, fractions=(0.1, 0.25, 0.5, 1.0),
-                   scale_fractions=(0.03, 0.1, 0.3, 1.0), recipe="small-data-cpu"),
-}
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """A teacher that several runs share: a CNN (`deitkit teacher`) or a ViT (a DeiT trained
-    on labels only)."""
-    model: str
-    kind: str                  # "cnn" or "vit"
-    recipe: str
-    overrides: tuple = ()
-    label: str = ""
-
-    def key(self, data: str, seed: int, extra: tuple = ()) -> str:
-        text = json.dumps([data, self.model, self.kind, self.recipe, list(self.overrides), seed]
-                          + sorted(extra))
-        short = hashlib.sha1(text.encode()).hexdigest()[:10]
-        return f"{self.kind}-{self.model}-s{seed}-{short}"
-
-
-@dataclass
-class RunSpec:
-    """One run of a study. role: `student` (a DeiT via `train`) or `teacher` (report the
-    shared teacher `teacher`'s own run, e.g. the CNN line of data-scale)."""
-    name: str
-    labels: dict
-    overrides: list = field(default_factory=list)
-    role: str = "student"
-    teacher: Optional[TeacherSpec] = None
-    recipe: Optional[str] = None
+from ..checkpoint import atomic_write_text
+from ..config import ConfigError, build_config, load_yaml_file, run_changing_keys, to_dict
+from ..fit import quiet
+from ..pipeline import train, train_teacher
+from ..report import write_report
+from .catalog import STUDIES
+from .spec import BUDGETS, Budget, RunSpec, TeacherSpec
 
 
 def _read_metrics(run: Path) -> list[dict]:
@@ -149,7 +71,6 @@ class StudyRunner:
 
     def teacher_dir(self, spec: TeacherSpec, seed: int) -> Path:
         """Train `spec` once (or resume it); later calls reuse the folder."""
-        from ..train import train, train_teacher
         out = self.teacher_path(spec, seed)
         overrides = self.common(seed, out) + [f"model.name={spec.model}", *spec.overrides]
         cfg = build_config(spec.recipe, overrides=self.with_extra(overrides))
@@ -163,14 +84,13 @@ class StudyRunner:
         self.log(f"  {'resuming' if resume else 'training'} teacher {spec.label or spec.model}"
                  f" in {out}")
         if spec.kind == "cnn":
-            train_teacher(cfg, log=_quiet, resume=resume)
+            train_teacher(cfg, log=quiet, resume=resume)
         else:
-            train(cfg, log=_quiet, resume=resume)
+            train(cfg, log=quiet, resume=resume)
         self.teachers_trained.append(str(out))
         return out
 
     def run(self, spec: RunSpec, seed: int, study_dir: Path) -> dict:
-        from ..train import train
         if spec.role == "teacher":
             out = self.teacher_dir(spec.teacher, seed)
             return {**collect_run(out), "run_dir": str(out)}
@@ -185,7 +105,7 @@ class StudyRunner:
             check_finished(out, cfg)
         else:
             resume = (out / "checkpoint-last.pt").is_file()
-            train(cfg, log=_quiet, resume=resume)
+            train(cfg, log=quiet, resume=resume)
         return {**collect_run(out), "run_dir": str(out)}
 
 
@@ -193,8 +113,6 @@ def check_finished(out: Path, cfg) -> None:
     """A finished run is reused only if it was made with the configuration asked for now
     (its teacher included: a teacher's folder name is its key); otherwise a changed study
     definition or budget would silently keep stale numbers."""
-    from ..config import load_yaml_file, to_dict
-    from ..train import run_changing_keys
     stored, now = load_yaml_file(out / "config.yaml"), to_dict(cfg)
     for c in (stored, now):  # a teacher is its key (folder name), wherever ROOT now lives
         if c.get("teacher", {}).get("name"):
@@ -207,10 +125,6 @@ def check_finished(out: Path, cfg) -> None:
             "another --root")
 
 
-def _quiet(*args, **kwargs) -> None:
-    pass
-
-
 def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds: int = 1,
               root: str | Path = "runs/studies", device: str = "auto", log=print,
               command: str = "", overrides: tuple = ()) -> Path:
@@ -219,7 +133,6 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
     overrides: `key=value` strings applied to every run (e.g. `data.num_workers=12`). Keys that
     change results also change the teacher keys, so such teachers are not shared with runs
     made without them."""
-    from .catalog import STUDIES
     if name not in STUDIES:
         raise ConfigError(f"unknown study '{name}'; studies: {', '.join(STUDIES)}")
     if budget not in BUDGETS:
@@ -264,9 +177,6 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
 def _write_results(record: dict, study_dir: Path) -> Path:
     """Analyse `record` with its study's analysis, write results.json (atomically) and render
     the PNGs and report.md from it; return report.md's path."""
-    from ..checkpoint import atomic_write_text
-    from ..report import write_report
-    from .catalog import STUDIES
     record.update(STUDIES[record["study"]].analyze(record, study_dir))
     atomic_write_text(json.dumps(record, indent=1) + "\n", study_dir / "results.json")
     return write_report(study_dir)
@@ -277,7 +187,6 @@ def reanalyze(study_dir: str | Path) -> Path:
     results.json (no training; the run folders are not needed) with this version's analysis,
     and rewrite the report; return report.md's path. For a study folder copied from another
     machine, or made before the analysis changed."""
-    from .catalog import STUDIES
     study_dir = Path(study_dir)
     path = study_dir / "results.json"
     if not path.is_file():
@@ -295,6 +204,3 @@ def reanalyze(study_dir: str | Path) -> Path:
     for key in ("tables", "plots", "findings"):
         record.pop(key, None)
     return _write_results(record, study_dir)
-
-
-StudyFn = Callable[[Budget], list]

@@ -1,0 +1,240 @@
+"""A run from end to end: get the teacher (or its stored outputs), fit, summarise.
+
+`train(cfg)` gets a teacher for a student run (by name, weights file, run folder, or by
+training a CNN first with `fit`), opens stored outputs when `distill.store` is set, and hands
+both to `fit`, which trains the student. `train_teacher(cfg)` fits a CNN on its own;
+`record_store(cfg, out)` records a teacher's outputs for every view of a run.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import ConfigError, TrainConfig, build_config, to_dict
+from .data import DatasetBundle, batch_seed, build_mixer, load_dataset, mix_batch
+from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, check_fingerprint,
+                            epoch_file, fingerprint, open_store, read_meta, save_epoch,
+                            view_checksum, write_meta)
+from .distributed import barrier, init_distributed
+from .fit import Log, build_loaders, fit, quiet
+from .models import Teacher, create_teacher
+from .runtime import autocast, resolve_amp, resolve_device
+
+
+def load_bundle(cfg: TrainConfig) -> DatasetBundle:
+    return load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
+                        cfg.data.train_fraction, cfg.data.fraction_seed,
+                        digits_size=cfg.data.img_size)
+
+
+def default_out(cfg: TrainConfig, role: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.recipe.name or role}-{stamp}"
+
+
+def _with_out(cfg: TrainConfig, role: str) -> TrainConfig:
+    if not cfg.out and init_distributed(cfg.device).enabled:
+        raise ConfigError("give --out when running under torchrun (every process must agree "
+                          "on the run folder)")
+    cfg.out = str(cfg.out or default_out(cfg, role))
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# the teacher
+
+def teacher_config_for(cfg: TrainConfig, out: Path) -> TrainConfig:
+    """The CNN-teacher run that a student run needs: same data, split and seed."""
+    tcfg = build_config(cfg.teacher.train_recipe, overrides=list(cfg.teacher.train_overrides))
+    for key in ("name", "root", "download", "img_size", "train_fraction", "fraction_seed",
+                "num_workers", "mean", "std"):
+        setattr(tcfg.data, key, copy.deepcopy(getattr(cfg.data, key)))
+    tcfg.model.name = cfg.teacher.train_model
+    if cfg.teacher.train_epochs is not None:
+        tcfg.epochs = cfg.teacher.train_epochs
+    tcfg.seed, tcfg.amp, tcfg.device, tcfg.progress = cfg.seed, cfg.amp, cfg.device, cfg.progress
+    tcfg.out = str(out)
+    return tcfg
+
+
+def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
+                log: Log = print) -> Optional[Teacher]:
+    """The frozen teacher of a student run, or None when the objective needs none: the named
+    one (`teacher.name`, with `teacher.weights`), else a CNN trained into OUT/teacher (resumed
+    if it was interrupted, reused if finished)."""
+    if cfg.distill.kind == "none" and cfg.teacher.name is None:
+        return None
+    if cfg.teacher.name is not None:
+        teacher = create_teacher(cfg.teacher.name, num_classes=bundle.num_classes,
+                                 weights=cfg.teacher.weights, pretrained=cfg.teacher.pretrained)
+    else:
+        tdir = out / "teacher"
+        if (tdir / "summary.json").is_file() and (tdir / "checkpoint-best.pt").is_file():
+            log(f"reusing the teacher trained earlier in {tdir}")
+        else:
+            tcfg = teacher_config_for(cfg, tdir)
+            resume = (tdir / "checkpoint-last.pt").is_file()
+            log(f"no teacher given: {'resuming' if resume else 'training'} a {tcfg.model.name} "
+                f"teacher for {tcfg.epochs} epochs (recipe {cfg.teacher.train_recipe}) in {tdir}")
+            fit(tcfg, "teacher", bundle=bundle, log=log, resume=resume)
+        teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
+    teacher.set_student_norm(cfg.data.mean, cfg.data.std)
+    return teacher
+
+
+def _store_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
+                   log: Log) -> Optional[Teacher]:
+    """With distill.store: the named teacher, else the one trained for the store, else None
+    (used to check the store's teacher and to report its accuracy, never run in training)."""
+    if cfg.teacher.name:
+        return get_teacher(cfg, bundle, out, log=log)
+    tdir = Path(cfg.distill.store).expanduser() / "teacher"
+    if not (tdir / "checkpoint-best.pt").is_file():
+        return None
+    teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
+    teacher.set_student_norm(cfg.data.mean, cfg.data.std)
+    return teacher
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool = False) -> dict:
+    """Train a DeiT student (and, if needed, its CNN teacher first); return the summary."""
+    t0 = time.perf_counter()
+    d = init_distributed(cfg.device)
+    cfg = _with_out(cfg, "student")
+    out = Path(cfg.out)
+    log_main = log if d.is_main else quiet
+    bundle = load_bundle(cfg)
+    store: Optional[TeacherStore] = None
+    if cfg.distill.store and cfg.distill.kind != "none":
+        teacher = _store_teacher(cfg, bundle, out, log_main)
+        store = open_store(cfg, bundle, d.world, d.rank,
+                           teacher.digest if teacher is not None else None)
+        log_main(f"teacher outputs from the store {cfg.distill.store} (top-{store.topk} of "
+                 f"{store.num_classes}, teacher {store.meta.get('teacher')})")
+    else:
+        teacher = get_teacher(cfg, bundle, out, log=log_main)
+    extra = {}
+    tsum = out / "teacher" / "summary.json"
+    if tsum.is_file():
+        extra["teacher_wall_seconds"] = json.loads(tsum.read_text())["wall_seconds"]
+    return fit(cfg, "student", bundle, teacher=teacher, store=store, log=log, resume=resume,
+               force=force, summary_extra=extra, t_start=t0)
+
+
+def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log: Log = print,
+                  resume: bool = False, force: bool = False) -> dict:
+    """Train a CNN teacher on its own (the offline route to a teacher)."""
+    return fit(_with_out(cfg, "teacher"), "teacher", bundle=bundle, log=log, resume=resume,
+               force=force)
+
+
+def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
+                 dtype: str = "float32", log: Log = print) -> dict:
+    """Record the teacher's top-K outputs for every view of `cfg`'s run into folder `out`.
+
+    The teacher is `cfg.teacher` (given, or trained into OUT/teacher as `deitkit train` would).
+    An interrupted recording resumes: finished epoch files are kept. Returns meta.json's dict.
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"store dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    t0 = time.perf_counter()
+    d = init_distributed(cfg.device)
+    device = resolve_device(cfg.device)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    root = Path(out).expanduser()
+    if d.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(cfg)
+    k = bundle.num_classes if topk is None else topk
+    if not 1 <= k <= bundle.num_classes:
+        raise ConfigError(f"topk must be in 1..{bundle.num_classes} (the class count), got {k}")
+    loader, _ = build_loaders(cfg, bundle, device, dist_info=d)
+    teacher = get_teacher(cfg, bundle, root, log=log if d.is_main else quiet)
+    if teacher is None:
+        raise ConfigError("recording a teacher store needs a teacher: give --teacher, or let "
+                          "deitkit train one (leave teacher.name empty)")
+    teacher.to(device)
+    digest = teacher.digest
+    teacher.optimize(device, amp_dtype)
+    mixer = build_mixer(cfg.aug, bundle.num_classes)
+    meta = {"format": STORE_FORMAT, "fingerprint": fingerprint(cfg, bundle, d.world, digest),
+            "teacher": teacher.name, "topk": k, "dtype": dtype, "epochs": cfg.epochs,
+            "steps": len(loader), "amp": str(amp_dtype), "complete": False,
+            "config": to_dict(cfg)}
+    old = read_meta(root)
+    if old is not None:
+        check_fingerprint(old["fingerprint"], meta["fingerprint"], root)
+        if (old["topk"], old["dtype"]) != (k, dtype):
+            raise StoreError(f"'{root}' holds a store with topk={old['topk']}, dtype="
+                             f"{old['dtype']}; use another folder for topk={k}, dtype={dtype}")
+    if d.is_main:
+        write_meta(root, meta)
+    np_dtype = DTYPES[dtype]
+    idx_dtype = np.int16 if bundle.num_classes < 2**15 else np.int32
+    bar = tqdm(range(cfg.epochs), desc="teacher store", disable=not (cfg.progress and d.is_main))
+    for epoch in bar:
+        if epoch_file(root, epoch, d.rank).is_file():
+            continue  # recorded before an interruption (written atomically, so complete)
+        loader.sampler.set_epoch(epoch)
+        steps = len(loader)
+        values = indices = None
+        checksums = np.zeros(steps, dtype=np.uint32)
+        for step, (images, labels) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            images, _ = mix_batch(mixer, images, labels, batch_seed(cfg.seed, epoch, d.rank, step))
+            checksums[step] = view_checksum(images)
+            with autocast(device, amp_dtype):
+                probs = teacher(images).float().softmax(-1)                # [B, C]
+            top = probs.topk(k, dim=-1)                                     # [B, K] each
+            if values is None:
+                values = np.zeros((steps, len(images), k), dtype=np_dtype)
+                indices = np.zeros((steps, len(images), k), dtype=idx_dtype)
+            values[step] = top.values.cpu().numpy().astype(np_dtype)
+            indices[step] = top.indices.cpu().numpy().astype(idx_dtype)
+        save_epoch(root, epoch, d.rank, values, indices, checksums)
+    barrier()
+    meta["complete"] = True
+    meta["wall_seconds"] = time.perf_counter() - t0
+    if d.is_main:
+        write_meta(root, meta)
+        size = sum(p.stat().st_size for p in root.glob("epoch-*.npz"))
+        log(f"teacher store {root}: {cfg.epochs} epochs x {meta['steps']} steps, top-{k} "
+            f"{dtype}, {size / 1e6:.1f} MB, {meta['wall_seconds']:.0f} s")
+    return meta
+
+
+def format_summary(summary: dict) -> str:
+    """A small aligned table of the final metrics."""
+    if summary.get("role") == "teacher":
+        rows = [("top-1", "fused_top1"), ("top-5", "fused_top5"),
+                ("best top-1", "best_fused_top1")]
+    else:
+        rows = [("class head top-1", "cls_top1"), ("distillation head top-1", "dist_top1"),
+                ("fused top-1", "fused_top1"), ("fused top-5", "fused_top5"),
+                ("head agreement", "head_agreement"), ("token cosine", "token_cosine"),
+                ("teacher top-1", "teacher_top1"),
+                ("student-teacher agreement", "student_teacher_agreement"),
+                ("EMA fused top-1", "ema_fused_top1"), ("best fused top-1", "best_fused_top1")]
+    lines = [f"{'metric':<28}{'value':>10}", "-" * 38]
+    for label, key in rows:
+        v = summary.get(key)
+        if v is None:
+            continue
+        lines.append(f"{label:<28}{v * 100 if key != 'token_cosine' else v:>9.2f}"
+                     f"{'%' if key != 'token_cosine' else ' '}")
+    lines.append(f"{'wall time':<28}{summary['wall_seconds']:>9.1f}s")
+    lines.append(f"run folder: {summary['run_dir']}")
+    return "\n".join(lines)
