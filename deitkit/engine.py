@@ -115,7 +115,8 @@ def train_one_epoch(s: Step, loader, device: torch.device, epoch: int,
             truth = labels if targets.dim() == 1 else targets.argmax(-1)
             n = len(images)
             sums += torch.stack([loss.detach() * n, parts["base_loss"].detach() * n,
-                                 parts["distill_loss"].detach() * n, (pred == truth).sum().float()])
+                                 parts["distill_loss"].detach() * n,
+                                 (pred == truth).sum().float()])
         seen += len(images)
         if opts.progress and (step % 10 == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.3f}",

@@ -6,5 +6,5 @@ from .mixing import batch_seed, build_mixer, mix_batch
 from .sampler import RepeatedAugSampler, SampleKey, ShardSampler
 
 __all__ = ["DataError", "DatasetBundle", "TransformDataset", "load_dataset", "stratified_subset",
-           "build_train_transform", "build_eval_transform", "build_mixer", "batch_seed", "mix_batch", "RepeatedAugSampler",
-           "SampleKey", "ShardSampler"]
+           "build_train_transform", "build_eval_transform", "build_mixer", "batch_seed",
+           "mix_batch", "RepeatedAugSampler", "SampleKey", "ShardSampler"]
