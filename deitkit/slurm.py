@@ -40,10 +40,12 @@ class SlurmTask:
         return self.entry(self.argv)
 
 
-def submit(entry: Callable[[list[str]], int], argv: list[str], folder: str, nodes: int = 1, gpus_per_node: int = 8,
+def submit(entry: Callable[[list[str]], int], argv: list[str], folder: str, nodes: int = 1,
+           gpus_per_node: int = 8,
            cpus_per_task: int = 10, timeout_min: int = 60 * 24, partition: Optional[str] = None,
            port: int = 29500, job_name: str = "deitkit", cluster: Optional[str] = None):
-    """Submit `entry(argv)` (the CLI: `deitkit <argv>`) as a SLURM job of nodes x gpus_per_node tasks; return the job.
+    """Submit `entry(argv)` (the CLI: `deitkit <argv>`) as a SLURM job of nodes x gpus_per_node
+    tasks; return the job.
 
     cluster="local" runs the tasks as local processes instead (submitit's local executor), to
     try a submission on a machine without SLURM.

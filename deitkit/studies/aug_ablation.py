@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .spec import FULL_DEIT, Budget, RunSpec, Study, student_args
-from .stats import (agg, chance_note, curve_series, gap, judged, mean_of, metric, paired, pts, runs_of, verdict)
+from .stats import (agg, chance_note, curve_series, gap, judged, mean_of, metric, paired, pts,
+                    runs_of, verdict)
 
 
 LEAVE_ONE_OUT = [("no RandAugment", "aug.rand_augment="), ("no Mixup", "aug.mixup=0"),

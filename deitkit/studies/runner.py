@@ -1,8 +1,8 @@
 """Run a study's set of training runs (resumably, with shared teachers) and collect results.
 
 A study is a list of `RunSpec`s. Each is an ordinary deitkit run (`fit` through
-`pipeline.train`/`train_teacher`; no training loop of its own) in `STUDY/runs/<name>-s<seed>/`. A run
-whose `summary.json` exists is finished and skipped; one with `checkpoint-last.pt` is resumed
+`pipeline.train`/`train_teacher`; no training loop of its own) in `STUDY/runs/<name>-s<seed>/`.
+A run whose `summary.json` exists is finished and skipped; one with `checkpoint-last.pt` is resumed
 exactly; so an interrupted study picks up where it stopped.
 
 Teachers are shared between runs and between studies: a `TeacherSpec` is trained once into

@@ -5,7 +5,8 @@ import math
 import statistics
 from pathlib import Path
 
-from .spec import FULL_DEIT, Budget, RunSpec, Study, cnn_teacher, epoch_args, student_args, vit_teacher
+from .spec import (FULL_DEIT, Budget, RunSpec, Study, cnn_teacher, epoch_args, student_args,
+                   vit_teacher)
 from .stats import (agg, chance_note, judged, mean_of, metric, pts, runs_of)
 
 
