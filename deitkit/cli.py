@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from .auto import auto_config
 from .bench import BenchConfig, main_bench
 from .checkpoint import CheckpointError, export_safetensors
 from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from_dict,
@@ -19,6 +20,7 @@ from .distributed import shutdown
 from .engine import NonFiniteLossError
 from .evaluate import evaluate_checkpoint, format_eval
 from .pipeline import format_summary, record_store, train, train_teacher
+from .runtime import resolve_device
 from .slurm import SlurmError, submit
 from .studies import reanalyze, run_study
 
@@ -56,6 +58,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="continue RUN_DIR from its last checkpoint, exactly")
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept configuration changes")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="set the teacher's and student's epochs so that the whole run ends "
+                        "within MINUTES on this machine (measured on the first steps)")
 
     p = sub.add_parser("teacher", help="train a CNN teacher on a dataset", epilog=EPILOG)
     _common(p, "cnn-teacher")
@@ -175,6 +180,15 @@ def _config_from(args):
             apply_overrides(cfg, overrides + args.overrides)
             validate(cfg)
             return cfg
+    if (args.command == "train" and not (args.recipe or args.config) and args.data
+            and Path(args.data).expanduser().is_dir()):  # your own images: picked from the data
+        cfg, why, budget = auto_config(args.data, resolve_device(args.device or "auto").type,
+                                       overrides + args.overrides)
+        args.time_budget = args.time_budget or budget
+        print("no recipe given: picked from the data (give --recipe NAME to choose one):\n  "
+              + "\n  ".join(why) + f"\n  time budget {args.time_budget:g} min "
+              "(--time-budget MINUTES to change it)")
+        return cfg
     return build_config(args.recipe or args.default_recipe, args.config,
                         overrides + args.overrides)
 
@@ -268,8 +282,11 @@ def _main(argv: Optional[list[str]] = None) -> int:
                 parser.error("store: give --out (the store folder)")
             record_store(cfg, args.out, topk=args.topk, dtype=args.dtype)
             return 0
-        fn = train if args.command == "train" else train_teacher
-        summary = fn(cfg, resume=bool(args.resume), force=args.force)
+        if args.command == "train":
+            summary = train(cfg, resume=bool(args.resume), force=args.force,
+                            time_budget=args.time_budget)
+        else:
+            summary = train_teacher(cfg, resume=bool(args.resume), force=args.force)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
             print(format_summary(summary))
         return 0

@@ -253,10 +253,11 @@ class TrainConfig:
     """Run folder (default: `runs/<recipe>-<timestamp>`)."""
     eval_every: int = 1
     """Evaluate every N epochs (and always after the last)."""
-    eval_train_images: int = 0
+    eval_train_images: int = 500
     """Also evaluate on this many training images (a fixed seeded subset) with the evaluation
-    transform, i.e. without augmentation: `train_clean_top1` in metrics.jsonl (the studies'
-    training accuracy). 0: off."""
+    transform, i.e. without augmentation: `train_clean_top1` in metrics.jsonl and summary.json,
+    beside validation, and the regime the run ended in (still learning, over-fitting, fitted).
+    0: off."""
     progress: bool = True
     """Show progress bars."""
     nonfinite: OnError = "error"

@@ -37,6 +37,7 @@ from .distributed import DistInfo, barrier, gather_objects, init_distributed
 from .engine import EVAL_KEYS, Step, StepOptions, evaluate, train_one_epoch
 from .models import Teacher, create_cnn, create_student, has_dist_token, tune_attention
 from .models.teacher import load_weights
+from .regime import diagnose, last_quarter_change
 from .runtime import (resolve_amp, resolve_device, rng_state, seed_everything,
                       set_rng_state)
 
@@ -281,6 +282,7 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
     epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"{role}", disable=not cfg.progress,
                   dynamic_ncols=True, initial=start_epoch, total=cfg.epochs)
     for epoch in epochs:
+        t_epoch = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
         record = {"epoch": epoch + 1, **train_one_epoch(step, train_loader, device, epoch, opts)}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -317,6 +319,11 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
                     out / "checkpoint-last.pt")
         epochs.set_postfix(loss=f"{record['train_loss']:.3f}",
                            acc=f"{record.get('fused_top1', float('nan')):.3f}")
+        if epoch == start_epoch and epoch + 1 < cfg.epochs:  # the time estimate, measured
+            took = time.perf_counter() - t_epoch
+            left = cfg.epochs - epoch - 1
+            log(f"{role}: epoch {epoch + 1} took {took:.1f} s; the remaining {left} epochs "
+                f"will take about {_duration(took * left)} on this machine")
     epochs.close()
 
     summary = {k: last_eval.get(k) for k in SUMMARY_KEYS}
@@ -331,6 +338,11 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
     if role == "teacher":  # a teacher's accuracy is its own
         summary["teacher_top1"] = summary["fused_top1"]
         summary["teacher_top5"] = summary["fused_top5"]
+    curve = ([json.loads(line) for line in _read_metrics(metrics_path, cfg.epochs)]
+             if d.is_main else [])
+    summary["regime"], summary["regime_text"] = diagnose(
+        summary["train_clean_top1"], summary["fused_top1"],
+        summary["teacher_top1"] if role == "student" else None, last_quarter_change(curve))
     if d.is_main:
         atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     barrier()  # no rank reads the run folder (e.g. a teacher) before rank 0 has written it
@@ -348,6 +360,10 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
             except (ValueError, KeyError, TypeError):
                 continue
     return keep
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _count_lines(path: Path) -> int:

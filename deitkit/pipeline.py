@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,7 +25,8 @@ from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, chec
                             view_checksum, write_meta)
 from .distributed import barrier, init_distributed
 from .fit import Log, build_loaders, fit, quiet
-from .models import Teacher, create_teacher
+from .models import Teacher, create_cnn, create_teacher
+from .plan import plan_run
 from .runtime import autocast, resolve_amp, resolve_device
 
 
@@ -106,10 +108,66 @@ def _store_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
 # ---------------------------------------------------------------------------------------------
 # runs
 
-def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool = False) -> dict:
-    """Train a DeiT student (and, if needed, its CNN teacher first); return the summary."""
+def process_seconds() -> float:
+    """Seconds since this process started (Linux /proc; 0 where unknown)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf(
+            "SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _teacher_to_train(cfg: TrainConfig, out: Path) -> Optional[TrainConfig]:
+    """The config of the CNN teacher this run will train, or None (given, stored, finished)."""
+    if cfg.distill.kind == "none" or cfg.teacher.name or cfg.distill.store:
+        return None
+    if (out / "teacher" / "summary.json").is_file():
+        return None
+    return teacher_config_for(cfg, out / "teacher")
+
+
+def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optional[Teacher],
+              budget_minutes: Optional[float], log: Log) -> None:
+    """Print how long the run will take here (measured on its first steps); with a budget,
+    set the teacher's and student's epochs so that the whole run fits, and say so."""
+    tcfg = _teacher_to_train(cfg, out)
+    stand_in = teacher
+    if tcfg is not None:  # an untrained CNN of the teacher's architecture costs the same
+        stand_in = Teacher(create_cnn(tcfg.model.name, bundle.num_classes,
+                                      small_stem=tcfg.model.small_stem, **tcfg.model.overrides),
+                           tcfg.data.mean, tcfg.data.std)
+    budget = None
+    if budget_minutes is not None:  # 8 % kept for the estimate's error and the final summary
+        budget = 0.92 * (60 * budget_minutes - process_seconds())
+    plan = plan_run(cfg, tcfg, bundle, stand_in, budget)
+    parts = ([f"teacher {plan.teacher_epochs} epochs x {plan.teacher_epoch_seconds:.1f} s"]
+             if plan.teacher_epochs else [])
+    parts.append(f"student {plan.student_epochs} epochs x {plan.student_epoch_seconds:.1f} s")
+    if budget_minutes is not None:
+        was = ([f"teacher {tcfg.epochs}"] if tcfg is not None else []) + [f"student {cfg.epochs}"]
+        log(f"time budget {budget_minutes:g} min: chose {', '.join(parts)} (recipe: "
+            f"{', '.join(was)} epochs); about {plan.seconds:.0f} s of training, measured on "
+            "this machine")
+        cfg.epochs = plan.student_epochs
+        if tcfg is not None:
+            cfg.teacher.train_epochs = plan.teacher_epochs
+    else:
+        log(f"estimated on this machine (first steps measured): {', '.join(parts)}: about "
+            f"{plan.seconds:.0f} s of training")
+
+
+def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool = False,
+          time_budget: Optional[float] = None) -> dict:
+    """Train a DeiT student (and, if needed, its CNN teacher first); return the summary.
+
+    time_budget: minutes for the whole run (teacher included), counted from the start of the
+    process; the epochs of the teacher and the student are scaled to fit (new runs only)."""
     t0 = time.perf_counter()
     d = init_distributed(cfg.device)
+    if time_budget is not None and (resume or d.enabled):
+        raise ConfigError("--time-budget sets the epochs of a new single-process run; it "
+                          "cannot be combined with --resume or torchrun")
     cfg = _with_out(cfg, "student")
     out = Path(cfg.out)
     log_main = log if d.is_main else quiet
@@ -121,8 +179,18 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
                            teacher.digest if teacher is not None else None)
         log_main(f"teacher outputs from the store {cfg.distill.store} (top-{store.topk} of "
                  f"{store.num_classes}, teacher {store.meta.get('teacher')})")
+        if time_budget is not None:
+            raise ConfigError("--time-budget cannot change the epochs of a run that reads "
+                              "stored teacher outputs (the store holds a fixed number)")
+        if not resume and not d.enabled:
+            plan_time(cfg, bundle, out, None, None, log_main)
     else:
-        teacher = get_teacher(cfg, bundle, out, log=log_main)
+        named = cfg.teacher.name is not None
+        teacher = get_teacher(cfg, bundle, out, log=log_main) if named else None
+        if not resume and not d.enabled:
+            plan_time(cfg, bundle, out, teacher, time_budget, log_main)
+        if not named:
+            teacher = get_teacher(cfg, bundle, out, log=log_main)
     extra = {}
     tsum = out / "teacher" / "summary.json"
     if tsum.is_file():
@@ -220,10 +288,11 @@ def format_summary(summary: dict) -> str:
     """A small aligned table of the final metrics."""
     if summary.get("role") == "teacher":
         rows = [("top-1", "fused_top1"), ("top-5", "fused_top5"),
-                ("best top-1", "best_fused_top1")]
+                ("train top-1 (clean)", "train_clean_top1"), ("best top-1", "best_fused_top1")]
     else:
         rows = [("class head top-1", "cls_top1"), ("distillation head top-1", "dist_top1"),
                 ("fused top-1", "fused_top1"), ("fused top-5", "fused_top5"),
+                ("train top-1 (clean)", "train_clean_top1"),
                 ("head agreement", "head_agreement"), ("token cosine", "token_cosine"),
                 ("teacher top-1", "teacher_top1"),
                 ("student-teacher agreement", "student_teacher_agreement"),
@@ -236,5 +305,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{label:<28}{v * 100 if key != 'token_cosine' else v:>9.2f}"
                      f"{'%' if key != 'token_cosine' else ' '}")
     lines.append(f"{'wall time':<28}{summary['wall_seconds']:>9.1f}s")
+    if summary.get("regime_text"):
+        lines.append(f"regime: {summary['regime_text']}")
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)

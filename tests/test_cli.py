@@ -22,13 +22,17 @@ def test_train_writes_the_run_folder(run_dir, capsys):
               "summary.json", "teacher/summary.json", "teacher/checkpoint-best.pt"):
         assert (run_dir / f).is_file(), f
     s = json.loads((run_dir / "summary.json").read_text())
-    for k in ("cls_top1", "dist_top1", "fused_top1", "head_agreement", "teacher_top1"):
+    for k in ("cls_top1", "dist_top1", "fused_top1", "head_agreement", "teacher_top1",
+              "train_clean_top1"):
         assert 0.0 <= s[k] <= 1.0, k
+    assert s["regime"] in ("still learning", "over-fitting", "fitted")
+    assert s["regime_text"].startswith(s["regime"] + ":")
     assert s["wall_seconds"] > 0 and s["epochs"] == 2
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     rec = json.loads(lines[-1])
     for k in ("train_loss", "train_base_loss", "train_distill_loss", "lr", "train_top1",
-              "token_cosine", "student_teacher_agreement", "epoch_seconds", "images_per_second"):
+              "token_cosine", "student_teacher_agreement", "epoch_seconds", "images_per_second",
+              "train_clean_top1"):
         assert k in rec, k
     assert len(lines) == 2
     teacher = json.loads((run_dir / "teacher" / "summary.json").read_text())

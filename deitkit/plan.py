@@ -1,0 +1,119 @@
+"""How long a run will take on this machine, measured before it starts; epochs for a budget.
+
+`measure_epoch` runs a few real training steps of the model a run will train (its own data,
+augmentation, batch size, precision and teacher forward) plus one evaluation batch and one
+checkpoint write, and scales them to one epoch. `plan_run` does this for the CNN teacher a run
+will train (if any) and for the student, and, given a time budget, scales both epoch counts
+so that the whole run fits. Why written here: neither timm nor the official DeiT code
+estimates a run's time before it starts.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .checkpoint import atomic_save
+from .config import ConfigError, TrainConfig
+from .data import DatasetBundle, build_mixer
+from .distill import DistillationLoss
+from .distill.sources import OnlineTeacher
+from .engine import Step, StepOptions, evaluate, train_one_epoch
+from .fit import build_loaders, build_optimizer, build_student
+from .models import Teacher, create_cnn, tune_attention
+from .runtime import resolve_amp, resolve_device, rng_state, set_rng_state
+
+
+@dataclass
+class Plan:
+    """Measured seconds per epoch and the epochs chosen (teacher_epochs 0: no teacher to train)."""
+    teacher_epochs: int
+    teacher_epoch_seconds: float
+    student_epochs: int
+    student_epoch_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return (self.teacher_epochs * self.teacher_epoch_seconds
+                + self.student_epochs * self.student_epoch_seconds)
+
+
+def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
+                  teacher: Optional[Teacher] = None, steps: int = 3) -> float:
+    """Seconds one epoch of `cfg`'s run will take here: `steps` timed training steps (after
+    one warm-up step) scaled to the epoch's step count, plus its evaluations and checkpoint
+    writes. The caller's random streams are left as they were."""
+    saved = rng_state()
+    cfg = copy.deepcopy(cfg)
+    cfg.data.num_workers = 0  # no worker start-up; per-item cost is then in the step time
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    train_loader, val_loader = build_loaders(cfg, bundle, device)
+    train_loader.sampler.set_epoch(0)
+    if role == "student":
+        model = build_student(cfg, bundle.num_classes)
+        criterion = DistillationLoss(cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau,
+                                     cfg.distill.kl_norm, cfg.distill.heads, cfg.aug.smoothing)
+        if criterion.needs_teacher and teacher is None:  # stored outputs: reading them is free
+            criterion = DistillationLoss("none", heads="cls")
+    else:
+        model = create_cnn(cfg.model.name, bundle.num_classes, small_stem=cfg.model.small_stem,
+                           **cfg.model.overrides)
+        criterion, teacher = DistillationLoss("none", heads="cls"), None
+    model.to(device)
+    tune_attention(model, device, amp_dtype)
+    source = None
+    if teacher is not None and criterion.needs_teacher:
+        teacher.to(device)
+        teacher.optimize(device, amp_dtype)
+        source = OnlineTeacher(teacher, device, amp_dtype)
+    optimizer = build_optimizer(cfg, model, 1e-4)
+    step = Step(model, criterion, optimizer, mixer=build_mixer(cfg.aug, bundle.num_classes),
+                teacher=source)
+    opts = StepOptions(amp_dtype=amp_dtype, progress=False)
+    it = iter(train_loader)
+    batches = [next(it) for _ in range(min(steps + 1, len(train_loader)))]
+    train_one_epoch(step, batches[:1], device, 0, opts)                     # warm-up
+    t0 = time.perf_counter()
+    train_one_epoch(step, batches[1:] or batches, device, 0, opts)
+    step_s = (time.perf_counter() - t0) / max(1, len(batches) - 1)
+    val_batch = [next(iter(val_loader))]
+    t0 = time.perf_counter()
+    evaluate(model, val_batch, device, teacher if role == "student" else None,
+             amp_dtype=amp_dtype)
+    per_image = (time.perf_counter() - t0) / len(val_batch[0][1])
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                    Path(tmp) / "c.pt")
+        save_s = time.perf_counter() - t0
+    set_rng_state(saved)
+    evals = len(bundle.val) * (2 if cfg.ema.enabled else 1) + \
+        min(cfg.eval_train_images, len(bundle.train))
+    return len(train_loader) * step_s + evals * per_image / cfg.eval_every + save_s
+
+
+def plan_run(cfg: TrainConfig, teacher_cfg: Optional[TrainConfig], bundle: DatasetBundle,
+             stand_in: Optional[Teacher], budget_seconds: Optional[float] = None) -> Plan:
+    """Measure the epochs of the teacher run `teacher_cfg` (None: no teacher to train) and of
+    the student run `cfg` (distilling from `stand_in`, a teacher of the same cost); with a
+    budget, scale both epoch counts by one factor so that the run fits."""
+    t_s = measure_epoch(teacher_cfg, "teacher", bundle) if teacher_cfg is not None else 0.0
+    s_s = measure_epoch(cfg, "student", bundle, stand_in)
+    plan = Plan(teacher_cfg.epochs if teacher_cfg is not None else 0, t_s, cfg.epochs, s_s)
+    if budget_seconds is None:
+        return plan
+    scale = budget_seconds / plan.seconds
+    te = max(1, math.floor(plan.teacher_epochs * scale)) if plan.teacher_epochs else 0
+    se = math.floor((budget_seconds - te * t_s) / s_s)
+    if se < 1:
+        raise ConfigError(
+            f"a time budget of {budget_seconds:.0f} s is too short: one student epoch takes "
+            f"{s_s:.1f} s here" + (f" after {te} teacher epoch(s) of {t_s:.1f} s" if te else ""))
+    return Plan(te, t_s, se, s_s)

@@ -1,0 +1,75 @@
+"""Make the ImageFolder data sets that docs/recipes.md measures the `auto` picks on.
+
+    python scripts/imagefolder_subsets.py OUT_DIR [--cifar ../shared/data/cifar10-jpg.tar.gz]
+
+writes OUT_DIR/fashion-6k (Fashion-MNIST from the Debian package: 600 training images per
+class, the first 2,000 test images; 28 px PNG) and OUT_DIR/cifar10-64px-2k (CIFAR-10: 200
+training and 100 test images per class, bicubic-upscaled to 64 px JPEG). Seeded, so the same
+files every time. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import random
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "boot"]
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def fashion(out: Path, per_class: int = 600, test: int = 2000) -> None:
+    for split, prefix, limit in (("train", "train", None), ("test", "t10k", test)):
+        x, y = _idx(FASHION / f"{prefix}-images-idx3-ubyte.gz"), \
+            _idx(FASHION / f"{prefix}-labels-idx1-ubyte.gz")
+        counts = dict.fromkeys(range(10), 0)
+        for i, (img, label) in enumerate(zip(x, y)):
+            if limit is not None and i >= limit:
+                break
+            if limit is None and counts[label] >= per_class:
+                continue
+            counts[label] += 1
+            d = out / split / FASHION_CLASSES[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img, mode="L").save(d / f"{i:05d}.png")
+
+
+def cifar(tar: Path, out: Path, train: int = 200, test: int = 100, size: int = 64) -> None:
+    rng = random.Random(0)
+    with tarfile.open(tar) as t:
+        members = [m for m in t.getmembers() if m.isfile() and m.name.endswith(".jpg")]
+        by = {}
+        for m in members:
+            parts = Path(m.name).parts
+            split, cls = parts[-3], parts[-2]
+            by.setdefault((split, cls), []).append(m)
+        for (split, cls), ms in sorted(by.items()):
+            ms = sorted(ms, key=lambda m: m.name)
+            rng.shuffle(ms)
+            d = out / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for m in ms[:train if split == "train" else test]:
+                img = Image.open(t.extractfile(m)).convert("RGB")
+                img.resize((size, size), Image.BICUBIC).save(d / Path(m.name).name, quality=90)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--cifar", default="../shared/data/cifar10-jpg.tar.gz")
+    a = p.parse_args()
+    fashion(Path(a.out) / "fashion-6k")
+    cifar(Path(a.cifar), Path(a.out) / "cifar10-64px-2k")

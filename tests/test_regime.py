@@ -1,0 +1,80 @@
+"""The regime a run ended in, and the time plan: measured estimates and epochs for a budget."""
+import json
+
+import pytest
+import torch
+
+from deitkit import build_config, plan, train
+from deitkit.data import load_dataset
+from deitkit.regime import diagnose, last_quarter_change
+from deitkit.runtime import rng_state
+
+
+@pytest.mark.parametrize("train_clean, val, teacher, change, regime", [
+    (0.99, 0.70, 0.98, 0.0, "over-fitting"),      # training 29 points above validation
+    (0.60, 0.58, 0.98, 0.0, "still learning"),    # close to validation, far below the teacher
+    (0.97, 0.96, None, 0.03, "still learning"),   # near 100 %, but validation still rising
+    (0.975, 0.965, 0.99, 0.002, "fitted"),        # close to both, levelled off
+    (None, 0.9, None, None, "unknown"),
+])
+def test_regime_follows_the_numbers(train_clean, val, teacher, change, regime):
+    got, text = diagnose(train_clean, val, teacher, change)
+    assert got == regime and text.startswith(regime)
+    if regime == "over-fitting":
+        assert "29.0 points above validation" in text and "augmentation" in text
+    if regime == "still learning":
+        assert "more epochs" in text
+
+
+def test_last_quarter_change_reads_the_curve():
+    curve = [{"epoch": e, "fused_top1": v} for e, v in
+             enumerate([0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9], start=1)]
+    assert last_quarter_change(curve) == pytest.approx(0.9 - 0.8)  # epochs 6 -> 8
+    assert last_quarter_change(curve[:1]) is None
+
+
+TINY = ["progress=false", "device=cpu", "amp=off", "data.train_fraction=0.1",
+        "model.overrides={depth: 1}", "eval_train_images=64"]
+
+
+def test_measuring_an_epoch_leaves_the_random_streams_alone():
+    cfg = build_config("quickstart", overrides=TINY)
+    bundle = load_dataset("digits", train_fraction=0.1)
+    torch.manual_seed(7)
+    before = rng_state()
+    seconds = plan.measure_epoch(cfg, "student", bundle)
+    after = rng_state()
+    assert seconds > 0
+    assert torch.equal(before["torch"], after["torch"])
+    assert torch.equal(before["numpy"][0], after["numpy"][0])
+
+
+def test_time_budget_sets_both_epoch_counts(tmp_path, monkeypatch):
+    # epochs measured at 2 s (teacher) and 3 s (student) here: a 1-minute budget, of which
+    # 92 % is planned, after the seconds this process has already run
+    monkeypatch.setattr(plan, "measure_epoch",
+                        lambda cfg, role, bundle, teacher=None, steps=3:
+                        2.0 if role == "teacher" else 3.0)
+    monkeypatch.setattr("deitkit.pipeline.process_seconds", lambda: 10.0)
+    lines = []
+    cfg = build_config("quickstart", overrides=[f"out={tmp_path / 'r'}", *TINY])
+    assert (cfg.teacher.train_epochs, cfg.epochs) == (8, 20)
+    budget = 0.92 * (60 - 10)                         # 46 s
+    scale = budget / (8 * 2.0 + 20 * 3.0)             # 0.605
+    teacher_epochs = int(8 * scale)                   # 4
+    student_epochs = int((budget - teacher_epochs * 2.0) / 3.0)  # 12
+    summary = train(cfg, log=lines.append, time_budget=1.0)
+    assert summary["epochs"] == student_epochs
+    teacher = json.loads((tmp_path / "r" / "teacher" / "summary.json").read_text())
+    assert teacher["epochs"] == teacher_epochs
+    said = next(line for line in lines if line.startswith("time budget 1 min"))
+    assert f"teacher {teacher_epochs} epochs" in said and f"student {student_epochs} epochs" in said
+    assert any("remaining" in line and "on this machine" in line for line in lines)
+
+
+def test_a_budget_too_short_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "measure_epoch", lambda *a, **k: 30.0)
+    monkeypatch.setattr("deitkit.pipeline.process_seconds", lambda: 0.0)
+    cfg = build_config("quickstart", overrides=[f"out={tmp_path / 'r'}", *TINY])
+    with pytest.raises(ValueError, match="too short: one student epoch takes 30.0 s"):
+        train(cfg, time_budget=0.5)
