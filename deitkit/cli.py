@@ -12,6 +12,7 @@ from typing import Optional
 from .auto import auto_config
 from .bench import BenchConfig, main_bench
 from .checkpoint import CheckpointError, export_safetensors
+from .compare import compare_runs, format_rows
 from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from_dict,
                      list_recipes, load_yaml_file, recipe_dict, validate)
 from .data import DataError
@@ -19,6 +20,7 @@ from .data.check import check_dataset, format_report
 from .distributed import shutdown
 from .engine import NonFiniteLossError
 from .evaluate import evaluate_checkpoint, format_eval
+from .html import write_html
 from .pipeline import format_summary, record_store, train, train_teacher
 from .runtime import resolve_device
 from .slurm import SlurmError, submit
@@ -119,9 +121,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="applied to every run of the study, e.g. data.num_workers=12")
 
-    p = sub.add_parser("report", help="recompute a study folder's tables, plots, findings and "
-                                      "report.md from its results.json (no training)")
-    p.add_argument("study_dir", help="a study folder (ROOT/NAME-BUDGET-DATA)")
+    p = sub.add_parser("report", help="a study folder: recompute its tables, plots, findings "
+                                      "and report.md from results.json (no training); a run "
+                                      "folder: write its HTML page")
+    p.add_argument("folder", help="a study folder (ROOT/NAME-BUDGET-DATA) or a run folder")
+    p.add_argument("--html", action="store_true",
+                   help="also write FOLDER/report.html, one self-contained page (plots "
+                        "embedded)")
+
+    p = sub.add_parser("runs", help="tools over several run folders")
+    rsub = p.add_subparsers(dest="runs_command", required=True)
+    q = rsub.add_parser("compare", help="one table of the key metrics of run folders (or "
+                                        "folders holding them, e.g. a study), sorted")
+    q.add_argument("dirs", nargs="+", metavar="DIR")
+    q.add_argument("--sort", default="fused_top1", help="column to sort by (default fused_top1)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sub.add_parser("recipes", help="list the named recipes")
 
@@ -184,10 +198,14 @@ def _config_from(args):
             and Path(args.data).expanduser().is_dir()):  # your own images: picked from the data
         cfg, why, budget = auto_config(args.data, resolve_device(args.device or "auto").type,
                                        overrides + args.overrides)
-        args.time_budget = args.time_budget or budget
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every rank must agree
+            budget_line = f"under torchrun: no time budget, {cfg.epochs} epochs"
+        else:
+            args.time_budget = args.time_budget or budget
+            budget_line = (f"time budget {args.time_budget:g} min (--time-budget MINUTES to "
+                           "change it)")
         print("no recipe given: picked from the data (give --recipe NAME to choose one):\n  "
-              + "\n  ".join(why) + f"\n  time budget {args.time_budget:g} min "
-              "(--time-budget MINUTES to change it)")
+              + "\n  ".join(why + [budget_line]))
         return cfg
     return build_config(args.recipe or args.default_recipe, args.config,
                         overrides + args.overrides)
@@ -237,7 +255,15 @@ def _main(argv: Optional[list[str]] = None) -> int:
                 Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
             return 0
         if args.command == "report":
-            print(f"report in {reanalyze(args.study_dir)}")
+            folder = Path(args.folder)
+            if (folder / "results.json").is_file():
+                print(f"report in {reanalyze(folder)}")
+            if args.html or not (folder / "results.json").is_file():
+                print(f"page in {write_html(folder)}")
+            return 0
+        if args.command == "runs":
+            rows = compare_runs(args.dirs, args.sort)
+            print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
             return 0
         if args.command == "study":
             cmd = "deitkit " + " ".join(argv)

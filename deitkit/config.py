@@ -260,6 +260,8 @@ class TrainConfig:
     0: off."""
     progress: bool = True
     """Show progress bars."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars of every epoch to RUN/tb/ (`tensorboard --logdir RUN/tb`)."""
     nonfinite: OnError = "error"
     """A NaN/inf loss: `error` (stop with the epoch, step and loss parts; the last good
     checkpoint stays) or `skip` (drop that step, count it; for rare fp16/bf16 overflows)."""
@@ -484,7 +486,7 @@ def validate(cfg: TrainConfig) -> None:
 
 # keys that may change between two runs without changing their results
 RESULT_FREE_KEYS = ("out", "progress", "device", "data.num_workers", "data.root",
-                    "data.eval_batch_size", "distill.store_verify_batches")
+                    "data.eval_batch_size", "distill.store_verify_batches", "tensorboard")
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

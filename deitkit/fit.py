@@ -24,6 +24,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
@@ -273,6 +274,7 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
             skip_log.unlink()
     if d.is_main:
         atomic_write_text(dump_yaml(cfg), out / "config.yaml")
+    tb = SummaryWriter(str(out / "tb")) if (cfg.tensorboard and d.is_main) else None
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{role} {cfg.model.name}: {n_params / 1e6:.2f} M parameters, {len(bundle.train)} train / "
         f"{len(bundle.val)} {bundle.val_split} images, {bundle.num_classes} classes, "
@@ -307,6 +309,11 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    tb.add_scalar(tb_tag(key), value, epoch + 1)
+            tb.flush()
         saved = {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1,
                  "config": to_dict(cfg), "metrics": record}
         if improved:
@@ -325,6 +332,8 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
             log(f"{role}: epoch {epoch + 1} took {took:.1f} s; the remaining {left} epochs "
                 f"will take about {_duration(took * left)} on this machine")
     epochs.close()
+    if tb is not None:
+        tb.close()
 
     summary = {k: last_eval.get(k) for k in SUMMARY_KEYS}
     summary.update({"role": role, "model": cfg.model.name, "dataset": bundle.name,
@@ -360,6 +369,20 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
             except (ValueError, KeyError, TypeError):
                 continue
     return keep
+
+
+def tb_tag(key: str) -> str:
+    """TensorBoard's name of a metrics.jsonl key, grouped: loss/, accuracy/, agreement/,
+    speed/, schedule/ (e.g. `train_loss` -> `loss/train_loss`)."""
+    if "loss" in key:
+        return f"loss/{key}"
+    if "top1" in key or "top5" in key:
+        return f"accuracy/{key}"
+    if key in ("head_agreement", "token_cosine", "student_teacher_agreement"):
+        return f"agreement/{key}"
+    if key in ("epoch_seconds", "images_per_second"):
+        return f"speed/{key}"
+    return f"run/{key}"  # lr, skipped steps and images
 
 
 def _duration(seconds: float) -> str:

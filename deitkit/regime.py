@@ -18,7 +18,7 @@ def diagnose(train_clean: Optional[float], val: Optional[float], teacher: Option
     """(regime, sentence); regime is `still learning`, `over-fitting`, `fitted` or `unknown`.
     Accuracies are fractions in [0, 1]."""
     if train_clean is None or val is None:
-        return "unknown", ("regime unknown: no clean training accuracy was measured "
+        return "unknown", ("unknown: no clean training accuracy was measured "
                            "(eval_train_images=0)")
     gap = train_clean - val
     ceiling, what = (teacher, "the teacher") if teacher is not None else (1.0, "100 %")

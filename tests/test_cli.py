@@ -90,3 +90,40 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "tau: 2.0" in out and "alpha: 0.2" in out and "epochs: 3" in out
     with pytest.raises(SystemExit):
         main(["train", "--dry-run", "--bogus"])
+
+
+def test_tensorboard_scalars_match_the_metrics(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    tags = set(acc.Tags()["scalars"])
+    for tag, key in (("accuracy/fused_top1", "fused_top1"), ("loss/train_loss", "train_loss"),
+                     ("agreement/head_agreement", "head_agreement"), ("run/lr", "lr"),
+                     ("speed/images_per_second", "images_per_second"),
+                     ("accuracy/train_clean_top1", "train_clean_top1")):
+        assert tag in tags, tag
+        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        want = [(r["epoch"], pytest.approx(r[key], rel=1e-6)) for r in rows if key in r]
+        assert want and got == want, tag
+
+
+def test_html_page_of_a_run_shows_its_numbers(run_dir, browser, capsys):
+    from selenium.webdriver.common.by import By
+
+    from conftest import check_images, open_page
+    from deitkit.html import cell
+    assert main(["report", str(run_dir), "--html"]) == 0
+    page = run_dir / "report.html"
+    assert open_page(browser, page) == []                      # no console errors
+    s = json.loads((run_dir / "summary.json").read_text())
+    shown = {td.get_attribute("data-key"): td.text
+             for td in browser.find_elements(By.CSS_SELECTOR, "#results td[data-key]")}
+    assert {"fused_top1", "cls_top1", "dist_top1", "train_clean_top1", "teacher_top1"} <= set(shown)
+    for key, text in shown.items():
+        assert text == cell(key, s[key]), key
+    assert browser.find_element(By.ID, "regime").text == f"Regime: {s['regime_text']}"
+    assert check_images(browser) == 2                          # loss and accuracy curves
+    srcs = [i.get_attribute("src") for i in browser.find_elements(By.TAG_NAME, "img")]
+    assert all(src.startswith("data:image/png;base64,") for src in srcs)  # self-contained
+    assert "data.img_size" in page.read_text() or "img_size" in page.read_text()  # the config

@@ -92,17 +92,17 @@ def test_yaml_is_read_safely(tmp_path):
 
 
 def test_dotted_overrides_merge_into_dicts_key_by_key():
-    # the quickstart recipe sets model.overrides: {depth: 6}
-    assert build_config("quickstart").model.overrides["depth"] == 6
+    # the quickstart recipe sets model.overrides: {depth: 4}
+    assert build_config("quickstart").model.overrides["depth"] == 4
     cfg = build_config("quickstart", overrides=["model.overrides.embed_dim=128"])
-    assert cfg.model.overrides == {"depth": 6, "embed_dim": 128}  # the recipe's depth is kept
-    cfg = build_config("quickstart", overrides=["model.overrides.depth=4",
+    assert cfg.model.overrides == {"depth": 4, "embed_dim": 128}  # the recipe's depth is kept
+    cfg = build_config("quickstart", overrides=["model.overrides.depth=2",
                                                 "model.overrides.embed_dim=128"])
-    assert cfg.model.overrides == {"depth": 4, "embed_dim": 128}  # both kept, depth overridden
+    assert cfg.model.overrides == {"depth": 2, "embed_dim": 128}  # both kept, depth overridden
     cfg = build_config("quickstart", overrides=["model.overrides={num_heads: 2}"])
-    assert cfg.model.overrides == {"depth": 6, "num_heads": 2}    # a whole dict merges too
+    assert cfg.model.overrides == {"depth": 4, "num_heads": 2}    # a whole dict merges too
     # and the resolved config (what config.yaml stores) says so
-    assert yaml.safe_load(dump_yaml(cfg))["model"]["overrides"] == {"depth": 6, "num_heads": 2}
+    assert yaml.safe_load(dump_yaml(cfg))["model"]["overrides"] == {"depth": 4, "num_heads": 2}
 
 
 def test_choices_are_types_checked_once():

@@ -1,6 +1,7 @@
 """Studies: each end to end at the tiny budget; the report generator on recorded metric files."""
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,7 @@ def test_study_end_to_end_tiny(root, name):
     study_dir = run_study(name, budget="tiny", root=root, device="cpu", log=lambda *a: None)
     res = _check_report(study_dir)
     assert res["study"] == name and res["budget"] == "tiny" and res["seeds"] == 1
+    assert (study_dir / "report.html").is_file()  # study runs write their page by default
     assert all(r["summary"]["fused_top1"] is not None for r in res["runs"])
     if name == "distill-heads":
         # the gallery was drawn (a failure would be logged and named in gallery_error)
@@ -85,6 +87,40 @@ def test_a_gallery_that_cannot_be_drawn_is_logged_and_reported(root, monkeypatch
     assert "is truncated" in res["gallery_error"]
     assert any("is truncated" in f for f in res["findings"])  # in report.md's findings
     assert "disagreement gallery could not be drawn" in caplog.text
+
+
+def test_html_page_of_a_study_shows_its_tables_findings_and_gallery(root, browser):
+    from selenium.webdriver.common.by import By
+
+    from conftest import check_images, open_page
+    study_dir = next(root.glob("distill-heads-*"))
+    res = json.loads((study_dir / "results.json").read_text())
+    assert open_page(browser, study_dir / "report.html") == []
+    shown = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#findings li")]
+    assert shown == res["findings"]
+    for i, t in enumerate(res["tables"]):
+        rows = browser.find_elements(By.CSS_SELECTOR, f"#table-{i} tbody tr")
+        cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+        assert cells == [[fmt(c) for c in row] for row in t["rows"]]
+    # the plots and the disagreement gallery, each decoded and not blank
+    assert check_images(browser) == len(res["plots"]) + 1
+
+
+def test_runs_compare_lists_a_study_sorted(root, capsys):
+    study_dir = next(root.glob("aug-strength-*"))
+    assert main(["runs", "compare", str(study_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == len(list((study_dir / "runs").iterdir()))
+    tops = [r["fused_top1"] for r in rows]
+    assert tops == sorted(tops, reverse=True)
+    for r in rows:
+        s = json.loads((Path(r["run"]) / "summary.json").read_text())
+        assert r["fused_top1"] == s["fused_top1"] and r["regime"] == s["regime"]
+    assert main(["runs", "compare", str(study_dir)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split()[:3] == ["run", "model", "fused"]
+    assert f"{100 * tops[0]:.2f}" in text.splitlines()[2]
+    assert main(["runs", "compare", str(root / "nothing-here")]) == 2
 
 
 def test_finished_study_is_not_rerun(root):

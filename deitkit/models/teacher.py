@@ -139,9 +139,11 @@ def create_cnn(name: str, num_classes: int, small_stem: bool = False, **override
         raise ValueError(f"unknown model '{name}': not a timm or torchvision classifier "
                          "(see timm.list_models() and torchvision.models.list_models())")
     if small_stem:
-        if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
-            raise ValueError(f"small_stem applies to ResNet-style models; '{name}' has no "
-                             "conv1/maxpool")
+        if not (isinstance(getattr(model, "conv1", None), nn.Conv2d)
+                and hasattr(model, "maxpool")):
+            raise ValueError(f"small_stem applies to ResNet-style models with one conv1 "
+                             f"convolution; '{name}' has none (a deep stem?): set "
+                             "model.small_stem=false")
         width = model.conv1.out_channels
         model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()

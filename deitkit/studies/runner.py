@@ -20,6 +20,7 @@ from ..checkpoint import atomic_write_text
 from ..config import ConfigError, build_config, load_yaml_file, run_changing_keys, to_dict
 from ..fit import quiet
 from ..pipeline import train, train_teacher
+from ..html import write_html
 from ..report import write_report
 from .catalog import STUDIES
 from .spec import BUDGETS, Budget, RunSpec, TeacherSpec
@@ -170,7 +171,8 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
               "teachers_reused": runner.teachers_reused,
               "wall_seconds_this_invocation": time.perf_counter() - t0}
     _write_results(record, study_dir)
-    log(f"{name}: report in {study_dir / 'report.md'}")
+    write_html(study_dir)
+    log(f"{name}: report in {study_dir / 'report.md'} and {study_dir / 'report.html'}")
     return study_dir
 
 
