@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from .checkpoint import atomic_save
 from .config import ConfigError, TrainConfig
