@@ -1,4 +1,4 @@
-"""Atomic checkpoint writes, safe loads, safetensors export.
+"""Atomic writes, safe checkpoint loads.
 
 Every load uses `torch.load(..., weights_only=True)`: a checkpoint made by someone else cannot
 run code here. Writes go to a temporary file in the same folder, are flushed and fsynced, then
@@ -6,7 +6,6 @@ renamed over the old file, so a kill at any moment leaves the last good checkpoi
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import tempfile
@@ -103,14 +102,3 @@ def load_state_file(path: str | Path) -> dict:
             return obj
     raise CheckpointError(f"'{path}' holds no state dict (looked for a tensor mapping, or the "
                           "keys 'model', 'state_dict', 'model_state_dict')")
-
-
-def export_safetensors(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
-    """Write the model weights as safetensors plus a JSON file with the metadata."""
-    ckpt = load_checkpoint(checkpoint)
-    out = Path(out)
-    state = {k: v.contiguous() for k, v in ckpt["model"].items()}
-    atomic_write(out, lambda f: f.write(safetensors.torch.save(state)))
-    meta_path = out.with_suffix(".json")
-    atomic_write_text(json.dumps(ckpt["meta"], indent=2), meta_path)
-    return out, meta_path

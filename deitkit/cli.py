@@ -11,7 +11,7 @@ from typing import Optional
 
 from .auto import auto_config
 from .bench import BenchConfig, main_bench
-from .checkpoint import CheckpointError, export_safetensors
+from .checkpoint import CheckpointError
 from .compare import compare_runs, format_rows
 from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from_dict,
                      list_recipes, load_yaml_file, recipe_dict, validate)
@@ -20,8 +20,10 @@ from .data.check import check_dataset, format_report
 from .distributed import shutdown
 from .engine import NonFiniteLossError
 from .evaluate import evaluate_checkpoint, format_eval
+from .export import export_model
 from .html import write_html
 from .pipeline import format_summary, record_store, train, train_teacher
+from .predict import format_predictions, predict, write_predictions
 from .runtime import resolve_device
 from .slurm import SlurmError, submit
 from .studies import reanalyze, run_study
@@ -163,9 +165,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("command_args", nargs=argparse.REMAINDER,
                    help="-- then the deitkit command to run, e.g. -- train --out DIR ...")
 
-    p = sub.add_parser("export", help="export a checkpoint's weights to safetensors + JSON")
+    p = sub.add_parser("export", help="export a model: OUT.safetensors (+ OUT.json, loadable "
+                                      "with timm) or OUT.onnx (fused prediction)")
     p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("out", help="output .safetensors path")
+    p.add_argument("out", help="output path, .safetensors or .onnx")
+
+    p = sub.add_parser("predict", help="top-k classes of images (files and/or folders)")
+    p.add_argument("model", help="run folder, checkpoint, or .safetensors export")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--head", default="fused", choices=("fused", "cls", "dist"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="write the predictions to this JSON file")
+    p.add_argument("--csv", help="write the predictions to this CSV file")
+    p.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -293,11 +307,16 @@ def _main(argv: Optional[list[str]] = None) -> int:
                 Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
             return 1 if report["problems"] else 0
         if args.command == "export":
-            ckpt = Path(args.checkpoint)
-            if ckpt.is_dir():
-                ckpt = ckpt / "checkpoint-best.pt"
-            w, m = export_safetensors(ckpt, args.out)
-            print(f"wrote {w} and {m}")
+            print("wrote " + " and ".join(map(str, export_model(args.checkpoint, args.out))))
+            return 0
+        if args.command == "predict":
+            records, skipped = predict(args.model, args.inputs, args.topk, args.head,
+                                       args.batch_size, args.device, not args.no_progress,
+                                       log=lambda m: print(m, file=sys.stderr))
+            write_predictions(records, skipped, args.json, args.csv)
+            if not (args.json or args.csv):
+                print(format_predictions(records))
+            print(f"{len(records)} images predicted, {len(skipped)} skipped", file=sys.stderr)
             return 0
         cfg = _config_from(args)
         if args.dry_run:

@@ -139,6 +139,14 @@ class ModelConfig:
     ResNet), which keeps small images at full resolution."""
     overrides: dict = field(default_factory=dict)
     """Further keyword arguments passed to the timm constructor (e.g. `depth: 6`)."""
+    pretrained: bool = False
+    """Students: start from the timm hub weights of `name` (needs the internet; offline, save
+    them once and use `weights`)."""
+    weights: Optional[str] = None
+    """Students: start from this file: timm or Hugging Face safetensors/.pth, an official DeiT
+    checkpoint (`model` / `model_ema`), a deitkit checkpoint or export. Heads are re-initialised
+    when the class count differs, the position embedding is resampled to the image size and
+    patch grid, a plain ViT fills a distilled student (and back)."""
 
 
 @dataclass

@@ -37,6 +37,7 @@ from .distill.store import TeacherStore
 from .distributed import DistInfo, barrier, gather_objects, init_distributed
 from .engine import EVAL_KEYS, Step, StepOptions, evaluate, train_one_epoch
 from .models import Teacher, create_cnn, create_student, has_dist_token, tune_attention
+from .models.pretrained import load_pretrained
 from .models.teacher import load_weights
 from .regime import diagnose, last_quarter_change
 from .runtime import (resolve_amp, resolve_device, rng_state, seed_everything,
@@ -210,6 +211,10 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
     if role == "student":
         model = build_student(cfg, bundle.num_classes)
         check_distillable(cfg, model)
+        if state is None and (cfg.model.weights or cfg.model.pretrained):
+            for line in load_pretrained(model, cfg.model.weights,
+                                        cfg.model.name if cfg.model.pretrained else None):
+                log(f"student init: {line}")
         criterion = DistillationLoss(cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau,
                                      cfg.distill.kl_norm, cfg.distill.heads, cfg.aug.smoothing)
         seed_everything(cfg.seed + d.rank)  # one stream per rank, whatever the teacher cost

@@ -14,6 +14,7 @@ import math
 import tempfile
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Optional
 
@@ -44,13 +45,14 @@ class Plan:
 
 
 def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
-                  teacher: Optional[Teacher] = None, steps: int = 3) -> float:
-    """Seconds one epoch of `cfg`'s run will take here: `steps` timed training steps (after
-    one warm-up step) scaled to the epoch's step count, plus its evaluations and checkpoint
-    writes. The caller's random streams are left as they were."""
+                  teacher: Optional[Teacher] = None, steps: int = 4) -> float:
+    """Seconds one epoch of `cfg`'s run will take here: training steps fed by the run's own
+    loader (its workers compete with the step for the cores, as in the run), timed after a
+    warm-up and once the workers' prefetched batches are used up, scaled to the epoch's step
+    count; plus its evaluations and checkpoint writes. The caller's random streams are left
+    as they were."""
     saved = rng_state()
     cfg = copy.deepcopy(cfg)
-    cfg.data.num_workers = 0  # no worker start-up; per-item cost is then in the step time
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     train_loader, val_loader = build_loaders(cfg, bundle, device)
@@ -76,12 +78,16 @@ def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
     step = Step(model, criterion, optimizer, mixer=build_mixer(cfg.aug, bundle.num_classes),
                 teacher=source)
     opts = StepOptions(amp_dtype=amp_dtype, progress=False)
+    workers = cfg.data.num_workers
+    prefetched = 2 * workers  # the DataLoader's default prefetch: 2 batches per worker
     it = iter(train_loader)
-    batches = [next(it) for _ in range(min(steps + 1, len(train_loader)))]
-    train_one_epoch(step, batches[:1], device, 0, opts)                     # warm-up
+    warm = min(1 + prefetched, len(train_loader) - 1)
+    train_one_epoch(step, _Counted(islice(it, warm), warm), device, 0, opts)  # start, warm-up
+    timed = max(1, min(steps, len(train_loader) - warm))
     t0 = time.perf_counter()
-    train_one_epoch(step, batches[1:] or batches, device, 0, opts)
-    step_s = (time.perf_counter() - t0) / max(1, len(batches) - 1)
+    train_one_epoch(step, _Counted(islice(it, timed), timed), device, 0, opts)
+    step_s = (time.perf_counter() - t0) / timed
+    del it
     val_batch = [next(iter(val_loader))]
     t0 = time.perf_counter()
     evaluate(model, val_batch, device, teacher if role == "student" else None,
@@ -96,6 +102,19 @@ def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
     evals = len(bundle.val) * (2 if cfg.ema.enabled else 1) + \
         min(cfg.eval_train_images, len(bundle.train))
     return len(train_loader) * step_s + evals * per_image / cfg.eval_every + save_s
+
+
+class _Counted:
+    """An iterable with a length (train_one_epoch asks for the step count)."""
+
+    def __init__(self, items, n: int):
+        self.items, self.n = items, n
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def plan_run(cfg: TrainConfig, teacher_cfg: Optional[TrainConfig], bundle: DatasetBundle,

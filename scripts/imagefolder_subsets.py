@@ -1,11 +1,15 @@
-"""Make the ImageFolder data sets that docs/recipes.md measures the `auto` picks on.
+"""Make the ImageFolder data sets that docs/recipes.md and docs/finetune.md measure on.
 
     python scripts/imagefolder_subsets.py OUT_DIR [--cifar ../shared/data/cifar10-jpg.tar.gz]
+    python scripts/imagefolder_subsets.py OUT_DIR --finetune-split [--cifar ...]
 
 writes OUT_DIR/fashion-6k (Fashion-MNIST from the Debian package: 600 training images per
 class, the first 2,000 test images; 28 px PNG) and OUT_DIR/cifar10-64px-2k (CIFAR-10: 200
-training and 100 test images per class, bicubic-upscaled to 64 px JPEG). Seeded, so the same
-files every time. Nothing is downloaded.
+training and 100 test images per class, bicubic-upscaled to 64 px JPEG). With
+--finetune-split: OUT_DIR/cifar5-pretrain (airplane, automobile, bird, cat, deer: all 25,000
+training and 5,000 test images) and OUT_DIR/cifar5-finetune-500 (dog, frog, horse, ship,
+truck: 100 training images per class, seeded, and all 5,000 test images), the files copied as
+they are. Seeded, so the same files every time. Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -66,10 +70,44 @@ def cifar(tar: Path, out: Path, train: int = 200, test: int = 100, size: int = 6
                 img.resize((size, size), Image.BICUBIC).save(d / Path(m.name).name, quality=90)
 
 
+PRETRAIN = ("airplane", "automobile", "bird", "cat", "deer")
+
+
+def finetune_split(tar: Path, out: Path, per_class: int = 100) -> None:
+    """Two passes in archive order (a .tar.gz cannot seek backwards cheaply): choose, copy."""
+    rng = random.Random(0)
+    with tarfile.open(tar) as t:
+        names = sorted(m.name for m in t if m.isfile() and m.name.endswith(".jpg"))
+    by: dict = {}
+    for name in names:
+        parts = Path(name).parts
+        by.setdefault((parts[-3], parts[-2]), []).append(name)
+    chosen = {}
+    for (split, cls), group in by.items():
+        if cls in PRETRAIN:
+            dest = out / "cifar5-pretrain" / split / cls
+        else:
+            dest = out / "cifar5-finetune-500" / split / cls
+            if split == "train":
+                rng.shuffle(group)
+                group = group[:per_class]
+        chosen.update({name: dest for name in group})
+    with tarfile.open(tar) as t:
+        for m in t:
+            dest = chosen.get(m.name)
+            if dest is not None:
+                dest.mkdir(parents=True, exist_ok=True)
+                (dest / Path(m.name).name).write_bytes(t.extractfile(m).read())
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out")
     p.add_argument("--cifar", default="../shared/data/cifar10-jpg.tar.gz")
+    p.add_argument("--finetune-split", action="store_true")
     a = p.parse_args()
-    fashion(Path(a.out) / "fashion-6k")
-    cifar(Path(a.cifar), Path(a.out) / "cifar10-64px-2k")
+    if a.finetune_split:
+        finetune_split(Path(a.cifar), Path(a.out))
+    else:
+        fashion(Path(a.out) / "fashion-6k")
+        cifar(Path(a.cifar), Path(a.out) / "cifar10-64px-2k")
