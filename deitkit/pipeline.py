@@ -133,7 +133,7 @@ def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optio
     """Print how long the run will take here (measured on its first steps); with a budget,
     set the teacher's and student's epochs so that the whole run fits, and say so."""
     tcfg = _teacher_to_train(cfg, out)
-    stand_in = teacher
+    stand_in = copy.deepcopy(teacher)  # measuring optimises the stand-in's forward, not the run's
     if tcfg is not None:  # an untrained CNN of the teacher's architecture costs the same
         stand_in = Teacher(create_cnn(tcfg.model.name, bundle.num_classes,
                                       small_stem=tcfg.model.small_stem, **tcfg.model.overrides),

@@ -72,7 +72,8 @@ def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
     source = None
     if teacher is not None and criterion.needs_teacher:
         teacher.to(device)
-        teacher.optimize(device, amp_dtype)
+        if cfg.teacher.optimize:
+            teacher.optimize(device, amp_dtype)
         source = OnlineTeacher(teacher, device, amp_dtype)
     optimizer = build_optimizer(cfg, model, 1e-4)
     step = Step(model, criterion, optimizer, mixer=build_mixer(cfg.aug, bundle.num_classes),
