@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .config import TrainConfig, apply_overrides, build_config, validate
 from .data import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_BUDGET_MINUTES = {"cpu": 10.0, "cuda": 30.0}
 
 
@@ -49,7 +49,7 @@ def data_facts(path: str | Path, sample: int = 200) -> DataFacts:
     train = Path(path).expanduser() / "train"
     if not train.is_dir():
         raise DataError(f"'{path}' is not an ImageFolder tree (no train/ folder)")
-    per_class = {d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    per_class = {d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
                  for d in sorted(train.iterdir()) if d.is_dir()}
     files = [f for fs in per_class.values() for f in fs]
     if not files:
@@ -65,7 +65,7 @@ def data_facts(path: str | Path, sample: int = 200) -> DataFacts:
     if not sides:
         raise DataError(f"no readable image among {len(files)} in '{train}'")
     val = next((train.parent / s for s in ("val", "test") if (train.parent / s).is_dir()), None)
-    n_val = sum(1 for f in val.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if val else 0
+    n_val = sum(1 for f in val.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS) if val else 0
     return DataFacts(len(files), n_val, len(per_class), int(statistics.median(sides)))
 
 

@@ -127,6 +127,27 @@ def build_student(cfg: TrainConfig, num_classes: int):
                           **cfg.model.overrides)
 
 
+def build_model(cfg: TrainConfig, role: str, num_classes: int):
+    """(network, loss) of a run: a DeiT student with the distillation objective, or (role
+    'teacher') a CNN with label-smoothed cross-entropy. Randomly initialised."""
+    if role == "student":
+        model = build_student(cfg, num_classes)
+        check_distillable(cfg, model)
+        return model, DistillationLoss(cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau,
+                                       cfg.distill.kl_norm, cfg.distill.heads,
+                                       cfg.aug.smoothing)
+    model = create_cnn(cfg.model.name, num_classes, small_stem=cfg.model.small_stem,
+                       **cfg.model.overrides)
+    return model, DistillationLoss("none", heads="cls", smoothing=cfg.aug.smoothing)
+
+
+def load_bundle(cfg: TrainConfig) -> DatasetBundle:
+    """The run's data: `cfg.data`'s source, training fraction and (digits) image size."""
+    return load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
+                        cfg.data.train_fraction, cfg.data.fraction_seed,
+                        digits_size=cfg.data.img_size)
+
+
 def build_optimizer(cfg: TrainConfig, model, lr: float):
     """timm's optimiser factory; the fused single-kernel step where torch has one."""
     kwargs = dict(opt=cfg.optim.opt, lr=lr, weight_decay=cfg.optim.weight_decay,
@@ -200,29 +221,21 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
         out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     if bundle is None:
-        bundle = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
-                              cfg.data.train_fraction, cfg.data.fraction_seed,
-                              digits_size=cfg.data.img_size)
+        bundle = load_bundle(cfg)
     skip_log = out / "skipped_images.txt"
     train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log, d)
     train_eval_loader = (build_train_eval_loader(cfg, bundle, d) if cfg.eval_train_images > 0
                          else None)
 
+    model, criterion = build_model(cfg, role, bundle.num_classes)
     if role == "student":
-        model = build_student(cfg, bundle.num_classes)
-        check_distillable(cfg, model)
         if state is None and (cfg.model.weights or cfg.model.pretrained):
             for line in load_pretrained(model, cfg.model.weights,
                                         cfg.model.name if cfg.model.pretrained else None):
                 log(f"student init: {line}")
-        criterion = DistillationLoss(cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau,
-                                     cfg.distill.kl_norm, cfg.distill.heads, cfg.aug.smoothing)
         seed_everything(cfg.seed + d.rank)  # one stream per rank, whatever the teacher cost
     else:
-        model = create_cnn(cfg.model.name, bundle.num_classes, small_stem=cfg.model.small_stem,
-                           **cfg.model.overrides)
         teacher, store = None, None
-        criterion = DistillationLoss("none", heads="cls", smoothing=cfg.aug.smoothing)
     model.to(device)
     tune_attention(model, device, amp_dtype)
     source = None

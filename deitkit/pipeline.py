@@ -20,21 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError, TrainConfig, build_config, to_dict
-from .data import DatasetBundle, batch_seed, build_mixer, load_dataset, mix_batch
+from .data import DatasetBundle, batch_seed, build_mixer, mix_batch
 from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, check_fingerprint,
                             epoch_file, fingerprint, open_store, read_meta, save_epoch,
                             view_checksum, write_meta)
 from .distributed import barrier, init_distributed
-from .fit import Log, build_loaders, fit, quiet
+from .fit import Log, build_loaders, fit, load_bundle, quiet
 from .models import Teacher, create_cnn, create_teacher
 from .plan import Plan, plan_run
 from .runtime import autocast, resolve_amp, resolve_device
-
-
-def load_bundle(cfg: TrainConfig) -> DatasetBundle:
-    return load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
-                        cfg.data.train_fraction, cfg.data.fraction_seed,
-                        digits_size=cfg.data.img_size)
 
 
 def default_out(cfg: TrainConfig, role: str) -> Path:

@@ -25,8 +25,8 @@ from .data import DatasetBundle, build_mixer
 from .distill import DistillationLoss
 from .distill.sources import OnlineTeacher
 from .engine import Step, StepOptions, evaluate, train_one_epoch
-from .fit import build_loaders, build_optimizer, build_student
-from .models import Teacher, create_cnn, tune_attention
+from .fit import build_loaders, build_model, build_optimizer
+from .models import Teacher, tune_attention
 from .runtime import resolve_amp, resolve_device, rng_state, set_rng_state
 
 
@@ -57,16 +57,11 @@ def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
     amp_dtype = resolve_amp(cfg.amp, device)
     train_loader, val_loader = build_loaders(cfg, bundle, device)
     train_loader.sampler.set_epoch(0)
-    if role == "student":
-        model = build_student(cfg, bundle.num_classes)
-        criterion = DistillationLoss(cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau,
-                                     cfg.distill.kl_norm, cfg.distill.heads, cfg.aug.smoothing)
-        if criterion.needs_teacher and teacher is None:  # stored outputs: reading them is free
-            criterion = DistillationLoss("none", heads="cls")
-    else:
-        model = create_cnn(cfg.model.name, bundle.num_classes, small_stem=cfg.model.small_stem,
-                           **cfg.model.overrides)
-        criterion, teacher = DistillationLoss("none", heads="cls"), None
+    model, criterion = build_model(cfg, role, bundle.num_classes)
+    if role != "student":
+        teacher = None
+    if criterion.needs_teacher and teacher is None:  # stored outputs: reading them is free
+        criterion = DistillationLoss("none", heads="cls")
     model.to(device)
     tune_attention(model, device, amp_dtype)
     source = None

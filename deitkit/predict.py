@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, atomic_write_text
@@ -22,8 +23,6 @@ from .data.sources import load_image
 from .export import FusedHeads, load_for_inference
 from .runtime import resolve_device
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
-                  ".gif"}
 
 
 def gather_images(inputs: list[str]) -> list[Path]:
@@ -32,7 +31,7 @@ def gather_images(inputs: list[str]) -> list[Path]:
         p = Path(item).expanduser()
         if p.is_dir():
             files += sorted(f for f in p.rglob("*")
-                            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+                            if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
         elif p.is_file():
             files.append(p)
         else:
