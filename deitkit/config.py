@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -32,6 +32,7 @@ Heads = Literal["both", "cls", "dist"]
 Fusion = Literal["logits", "probs"]
 Amp = Literal["auto", "bf16", "fp16", "off"]
 OnError = Literal["error", "skip"]
+OnDevice = Union[bool, Literal["auto"]]
 
 
 @dataclass
@@ -77,6 +78,16 @@ class DataConfig:
     """An unreadable image file: `error` (stop, naming the file) or `skip` (use the next
     readable image instead; skipped files are listed in RUN/skipped_images.txt and counted in
     the metrics)."""
+    on_device: OnDevice = "auto"
+    """Hold the data on the training device and augment it there, per sample (see
+    `deitkit.data.device`): `auto` when the decoded images fit in `device_share` of the
+    device's memory and the augmentation is one the device implements (`deit` with RandAugment
+    `rand-...-inc1`, or `light`), `true` (an error when it cannot), `false` (worker loader)."""
+    device_share: float = 0.5
+    """The most of the device's memory (a GPU's; a CPU's RAM) the decoded images may take."""
+    cache_dir: str = "~/.cache/deitkit/decoded"
+    """Where decoded image folders are cached (uint8 safetensors, keyed by a digest of the
+    files and the decode size; rebuilt when a file changes)."""
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     """Per-channel normalisation mean (ImageNet's, as DeiT)."""
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -493,7 +504,7 @@ def validate(cfg: TrainConfig) -> None:
 # comparing configurations (resume, reuse of finished study runs)
 
 # keys that may change between two runs without changing their results
-RESULT_FREE_KEYS = ("out", "progress", "device", "data.num_workers", "data.root",
+RESULT_FREE_KEYS = ("out", "progress", "device", "data.num_workers", "data.root", "data.cache_dir",
                     "data.eval_batch_size", "distill.store_verify_batches", "tensorboard")
 
 

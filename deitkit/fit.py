@@ -31,6 +31,7 @@ from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from .config import ConfigError, TrainConfig, dump_yaml, run_changing_keys, to_dict
 from .data import (DatasetBundle, RepeatedAugSampler, ShardSampler, TransformDataset,
                    build_eval_transform, build_mixer, build_train_transform, load_dataset)
+from .data.device import Decision, DeviceTrainLoader, decide, device_loaders, device_subset_loader
 from .distill import DistillationLoss
 from .distill.sources import OnlineTeacher, StoredTeacher
 from .distill.store import TeacherStore
@@ -67,16 +68,13 @@ def global_lr(cfg: TrainConfig, world_size: int = 1) -> float:
 
 
 def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device,
-                  skip_log: Optional[Path] = None, dist_info: DistInfo = DistInfo()):
-    """Training loader over `SampleKey`s (replayable augmentation), evaluation loader."""
+                  skip_log: Optional[Path] = None, dist_info: DistInfo = DistInfo(),
+                  log: Log = quiet):
+    """Training loader over the sampler's replayable keys, evaluation loader: on the device
+    when `data_decision` says so (a cache there, augmented per sample), else worker loaders
+    (PIL augmentation per `SampleKey`). Both kinds yield (images, labels) batches."""
     mean, std = cfg.data.mean, cfg.data.std
-    skip = str(skip_log) if skip_log else None
-    train_ds = bundle.train.with_transform(
-        build_train_transform(cfg.aug, cfg.data.img_size, mean, std), seed=cfg.seed,
-        on_bad_image=cfg.data.on_bad_image, skip_log=skip)
-    val_ds = bundle.val.with_transform(build_eval_transform(cfg.aug, cfg.data.img_size, mean, std),
-                                       on_bad_image=cfg.data.on_bad_image, skip_log=skip)
-    n = len(train_ds)
+    n = len(bundle.train)
     # repeated_aug=1 is a plain seeded shuffle; the sampler depends on (seed, epoch) only
     sampler = RepeatedAugSampler(n, cfg.aug.repeated_aug, num_replicas=dist_info.world,
                                  rank=dist_info.rank, seed=cfg.seed)
@@ -85,29 +83,48 @@ def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device,
                if dist_info.enabled else "")
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training set "
                           f"({n} images{per}); lower data.batch_size")
+    val_shard = ShardSampler(len(bundle.val), dist_info.world, dist_info.rank)
+    decision = data_decision(cfg, bundle, device)
+    log(f"data: {decision.reason}")
+    if decision.on_device:
+        return device_loaders(cfg.data, cfg.aug, bundle.train, bundle.val, device, sampler,
+                              val_shard, cfg.seed, cfg.progress, skip_log, log)
+    skip = str(skip_log) if skip_log else None
+    train_ds = bundle.train.with_transform(
+        build_train_transform(cfg.aug, cfg.data.img_size, mean, std), seed=cfg.seed,
+        on_bad_image=cfg.data.on_bad_image, skip_log=skip)
+    val_ds = bundle.val.with_transform(build_eval_transform(cfg.aug, cfg.data.img_size, mean, std),
+                                       on_bad_image=cfg.data.on_bad_image, skip_log=skip)
     common = dict(num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
                   persistent_workers=cfg.data.num_workers > 0,
                   # a generator of its own, so the loader never draws from the global stream
                   generator=torch.Generator().manual_seed(cfg.seed))
     train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler,
                               drop_last=True, **common)
-    val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size,
-                            sampler=ShardSampler(len(val_ds), dist_info.world, dist_info.rank),
+    val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size, sampler=val_shard,
                             **common)
     return train_loader, val_loader
 
 
+def data_decision(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device) -> Decision:
+    """Whether this run's data goes on the device (`data.on_device`), and why."""
+    return decide(cfg.data, cfg.aug, len(bundle.train), len(bundle.val), device)
+
+
 def build_train_eval_loader(cfg: TrainConfig, bundle: DatasetBundle,
-                            dist_info: DistInfo = DistInfo()):
-    """A fixed, seeded subset of `cfg.eval_train_images` training images, un-augmented."""
+                            dist_info: DistInfo = DistInfo(), train_loader=None):
+    """A fixed, seeded subset of `cfg.eval_train_images` training images, un-augmented (from
+    the device cache when `train_loader` is a device loader)."""
     n = min(cfg.eval_train_images, len(bundle.train))
     keep = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(1234))[:n]
+    shard = ShardSampler(n, dist_info.world, dist_info.rank)
+    if isinstance(train_loader, DeviceTrainLoader):
+        return device_subset_loader(train_loader, keep.tolist(), cfg.data, shard)
     sub = TransformDataset(bundle.train.base, [bundle.train.indices[i] for i in keep.tolist()])
     ds = sub.with_transform(build_eval_transform(cfg.aug, cfg.data.img_size, cfg.data.mean,
                                                  cfg.data.std),
                             on_bad_image=cfg.data.on_bad_image)
-    return DataLoader(ds, batch_size=cfg.data.eval_batch_size,
-                      sampler=ShardSampler(len(ds), dist_info.world, dist_info.rank),
+    return DataLoader(ds, batch_size=cfg.data.eval_batch_size, sampler=shard,
                       num_workers=cfg.data.num_workers)
 
 
@@ -223,9 +240,11 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
     if bundle is None:
         bundle = load_bundle(cfg)
     skip_log = out / "skipped_images.txt"
-    train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log, d)
-    train_eval_loader = (build_train_eval_loader(cfg, bundle, d) if cfg.eval_train_images > 0
-                         else None)
+    if state is None and d.is_main and skip_log.exists():
+        skip_log.unlink()  # a fresh run: before the loaders (the device cache lists its skips)
+    train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log, d, log)
+    train_eval_loader = (build_train_eval_loader(cfg, bundle, d, train_loader)
+                         if cfg.eval_train_images > 0 else None)
 
     model, criterion = build_model(cfg, role, bundle.num_classes)
     if role == "student":
@@ -288,8 +307,6 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
         log(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
     elif d.is_main:
         atomic_write_text("", metrics_path)
-        if skip_log.exists():
-            skip_log.unlink()
     if d.is_main:
         atomic_write_text(dump_yaml(cfg), out / "config.yaml")
     tb = SummaryWriter(str(out / "tb")) if (cfg.tensorboard and d.is_main) else None

@@ -48,3 +48,42 @@ def check_images(browser) -> int:
         shot = Image.open(io.BytesIO(img.screenshot_as_png)).convert("L")
         assert ImageStat.Stat(shot).stddev[0] > 5, f"blank image: {img.get_attribute('alt')}"
     return len(images)
+
+
+def cifar_tar():
+    """The shared CIFAR-10 JPEG archive: $DEITKIT_CIFAR_TAR, else ../shared/data beside the
+    repository (where .ci/run finds it), else /work/shared/data."""
+    import os
+    from pathlib import Path
+    here = Path(__file__).resolve().parent.parent
+    for p in (os.environ.get("DEITKIT_CIFAR_TAR"), here.parent / "shared/data/cifar10-jpg.tar.gz",
+              "/work/shared/data/cifar10-jpg.tar.gz"):
+        if p and Path(p).is_file():
+            return Path(p)
+    pytest.fail("the shared CIFAR-10 archive cifar10-jpg.tar.gz is needed (../shared/data/ "
+                "beside the repository, or set DEITKIT_CIFAR_TAR)")
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory):
+    """A real CIFAR-10 ImageFolder of 20 train and 5 test JPEGs per class, read from the start
+    of the shared archive (a few seconds; never the whole archive)."""
+    import tarfile
+    root = tmp_path_factory.mktemp("cifar-small")
+    want = {"train": 20, "test": 5}
+    counts = {}
+    with tarfile.open(cifar_tar(), "r:gz") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 3 or parts[0] not in want:
+                continue
+            key = (parts[0], parts[1])
+            if counts.get(key, 0) >= want[parts[0]]:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            out = root / m.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(m).read())
+            if len(counts) == 20 and all(counts[k] >= want[k[0]] for k in counts):
+                break
+    return root

@@ -43,7 +43,9 @@ class RepeatedAugSampler(Sampler[SampleKey]):
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[SampleKey]:
+    def epoch_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's (dataset indices, positions in the epoch's global order), [num_samples]
+        each: what `__iter__` yields as keys, as tensors (the device loader's form)."""
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         order = torch.randperm(self.n, generator=g)
         rep = order.repeat_interleave(self.repeats)              # a,a,a,b,b,b,...
@@ -52,6 +54,10 @@ class RepeatedAugSampler(Sampler[SampleKey]):
             rep = torch.cat([rep, rep[: total - len(rep)]])
         positions = torch.arange(self.rank, total, self.world)[: self.num_samples]
         mine = rep[self.rank::self.world][: self.num_samples]
+        return mine, positions
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        mine, positions = self.epoch_order()
         return iter([SampleKey(int(i), self.epoch, int(p))
                      for i, p in zip(mine.tolist(), positions.tolist())])
 
