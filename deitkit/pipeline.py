@@ -25,7 +25,7 @@ from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, chec
                             epoch_file, fingerprint, open_store, read_meta, save_epoch,
                             view_checksum, write_meta)
 from .distributed import barrier, init_distributed
-from .fit import Log, build_loaders, fit, load_bundle, quiet
+from .fit import Log, build_loaders, data_decision, fit, load_bundle, quiet
 from .models import Teacher, create_cnn, create_teacher
 from .plan import Plan, plan_run
 from .runtime import autocast, resolve_amp, resolve_device
@@ -51,7 +51,7 @@ def teacher_config_for(cfg: TrainConfig, out: Path) -> TrainConfig:
     """The CNN-teacher run that a student run needs: same data, split and seed."""
     tcfg = build_config(cfg.teacher.train_recipe, overrides=list(cfg.teacher.train_overrides))
     for key in ("name", "root", "download", "img_size", "train_fraction", "fraction_seed",
-                "num_workers", "mean", "std"):
+                "num_workers", "on_device", "device_share", "cache_dir", "mean", "std"):
         setattr(tcfg.data, key, copy.deepcopy(getattr(cfg.data, key)))
     tcfg.model.name = cfg.teacher.train_model
     if cfg.teacher.train_epochs is not None:
@@ -188,7 +188,8 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
     if cfg.distill.store and cfg.distill.kind != "none":
         teacher = _store_teacher(cfg, bundle, out, log_main)
         store = open_store(cfg, bundle, d.world, d.rank,
-                           teacher.digest if teacher is not None else None)
+                           teacher.digest if teacher is not None else None,
+                           data_decision(cfg, bundle, resolve_device(cfg.device)).views)
         log_main(f"teacher outputs from the store {cfg.distill.store} (top-{store.topk} of "
                  f"{store.num_classes}, teacher {store.meta.get('teacher')})")
         if time_budget is not None:
@@ -252,7 +253,8 @@ def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
     digest = teacher.digest
     teacher.optimize(device, amp_dtype)
     mixer = build_mixer(cfg.aug, bundle.num_classes)
-    meta = {"format": STORE_FORMAT, "fingerprint": fingerprint(cfg, bundle, d.world, digest),
+    views = data_decision(cfg, bundle, device).views
+    meta = {"format": STORE_FORMAT, "fingerprint": fingerprint(cfg, bundle, d.world, digest, views),
             "teacher": teacher.name, "topk": k, "dtype": dtype, "epochs": cfg.epochs,
             "steps": len(loader), "amp": str(amp_dtype), "complete": False,
             "config": to_dict(cfg)}

@@ -17,10 +17,12 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
             "2", "-m", "deitkit"]
 ONE = [sys.executable, "-m", "deitkit"]
 # augmentation randomness controlled: per-item seeds (global positions) make views identical
-# in both layouts; Mixup/CutMix and stochastic depth, which draw per process, are off
+# in both layouts (the device pipeline, as `auto` picks); Mixup/CutMix and stochastic depth,
+# which draw per process, are off
 COMMON = ["--no-progress", "--device", "cpu", "data.train_fraction=0.12", "amp=off", "eval_every=1",
           "model.overrides={depth: 2}", "model.drop_path=0", "aug.mixup=0", "aug.cutmix=0",
-          "aug.repeated_aug=3", "optim.warmup_epochs=1", "data.num_workers=0"]
+          "aug.repeated_aug=3", "optim.warmup_epochs=1", "data.num_workers=0",
+          "aug.stack=deit", "aug.crop=rrc"]  # RandAugment + erasing, per item, on the device
 TIMING = ("epoch_seconds", "images_per_second")
 
 

@@ -13,9 +13,9 @@ from deitkit.distill.store import StoreError, TeacherStore, reconstruct_log_prob
 from deitkit.fit import build_loaders
 from deitkit.pipeline import record_store, train_teacher
 
-# Mixup/CutMix, RandAugment, random erasing, repeated augmentation: every random stream of a
-# view is exercised
-TINY = ["epochs=2", "teacher.train_epochs=1", "progress=false", "data.train_fraction=0.1", "eval_every=1",
+# Mixup/CutMix, RandAugment, random erasing, repeated augmentation (the deit stack; the data on
+# the device, as `auto` picks for the digits): every random stream of a view is exercised
+TINY = ["aug.stack=deit", "aug.crop=rrc", "epochs=2", "teacher.train_epochs=1", "progress=false", "data.train_fraction=0.1", "eval_every=1",
         "model.overrides={depth: 2}", "aug.mixup=0.8", "aug.cutmix=1.0", "aug.repeated_aug=2",
         "aug.reprob=0.25", "data.batch_size=16", "optim.warmup_epochs=1", "device=cpu",
         "amp=off", "distill.kind=soft", "distill.tau=2.0"]
@@ -88,6 +88,7 @@ def test_stored_run_matches_online_run(store, tmp_path, kind):
     ("data.train_fraction=0.15", "train_images"),
     ("aug.rand_augment=rand-m5-n1", "aug.rand_augment"),
     ("data.batch_size=20", "batch_size"),
+    ("data.on_device=false", "views"),  # the worker loader draws other views from the seeds
 ])
 def test_store_for_another_run_is_refused(store, tmp_path, override, key):
     root, _ = store

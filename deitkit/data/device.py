@@ -43,11 +43,13 @@ class Decision:
     """Whether a run's data goes on the device, and why (said in the run's log)."""
     on_device: bool
     reason: str
+    device_type: str = "cpu"
 
     @property
     def views(self) -> str:
-        """What produces the training views (part of a teacher store's fingerprint)."""
-        return "device" if self.on_device else "workers"
+        """What produces the training views (part of a teacher store's fingerprint: the same
+        seeds give other pixels on the worker loader, and float rounding differs by device)."""
+        return f"device:{self.device_type}" if self.on_device else "workers"
 
 
 def device_memory(device: torch.device) -> int:
@@ -79,13 +81,15 @@ def decide(data: DataConfig, aug: AugConfig, n_train: int, n_val: int,
         if too_big:
             raise ConfigError(f"data.on_device=true, but {why}: raise data.device_share or set "
                               "data.on_device=auto to use the worker loader")
-        return Decision(True, f"data on the {device.type}: decoded once, augmented there")
+        return Decision(True, f"data on the {device.type}: decoded once, augmented there",
+                        device.type)
     if unsupported:
         return Decision(False, f"worker loader: {unsupported}")
     if too_big:
         return Decision(False, f"worker loader ({why})")
     return Decision(True, f"data on the {device.type} ({need / 2**20:.0f} MiB): decoded once, "
-                          "augmented there (data.on_device=auto; false for the worker loader)")
+                          "augmented there (data.on_device=auto; false for the worker loader)",
+                    device.type)
 
 
 # ---------------------------------------------------------------------------------------------

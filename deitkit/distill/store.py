@@ -51,14 +51,16 @@ def data_digest(bundle) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(cfg: TrainConfig, bundle, world: int, teacher: Optional[str]) -> dict:
-    """Everything that decides which views a run shows, plus the teacher that labelled them."""
+def fingerprint(cfg: TrainConfig, bundle, world: int, teacher: Optional[str],
+                views: str = "workers") -> dict:
+    """Everything that decides which views a run shows, plus the teacher that labelled them.
+    views: what made them (`workers`, or `device:<type>` for the device pipeline)."""
     return {"dataset": bundle.name, "data_digest": data_digest(bundle),
             "train_images": len(bundle.train), "num_classes": bundle.num_classes,
             "train_fraction": cfg.data.train_fraction, "fraction_seed": cfg.data.fraction_seed,
             "img_size": cfg.data.img_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
             "batch_size": cfg.data.batch_size, "world_size": world, "seed": cfg.seed,
-            "aug": to_dict(cfg.aug), "teacher_digest": teacher}
+            "aug": to_dict(cfg.aug), "views": views, "teacher_digest": teacher}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -169,9 +171,9 @@ class TeacherStore:
 
 
 def open_store(cfg: TrainConfig, bundle, world: int, rank: int,
-               teacher_id: Optional[str]) -> TeacherStore:
+               teacher_id: Optional[str], views: str = "workers") -> TeacherStore:
     """The store `cfg.distill.store`, checked against the run `cfg` describes."""
-    return TeacherStore(cfg.distill.store, fingerprint(cfg, bundle, world, teacher_id),
+    return TeacherStore(cfg.distill.store, fingerprint(cfg, bundle, world, teacher_id, views),
                         cfg.epochs, rank)
 
 
