@@ -203,10 +203,11 @@ def test_views_replay_and_do_not_depend_on_the_batch(cifar):
 
 
 def test_no_host_reads_inside_the_augmentation(cifar, monkeypatch):
-    """Nothing in the device augmentation reads a value back to the host (which would stall
-    a GPU every step): .item(), .tolist(), bool() and int() of tensors are forbidden."""
+    """Nothing in the dense form (what runs on a GPU) reads a value back to the host (which
+    would stall the GPU every step): .item(), .tolist(), bool(), int(), nonzero() of tensors
+    are forbidden."""
     _, x = cifar
-    aug = g.DeviceAugment(AugConfig(), 32, [0.5] * 3, [0.5] * 3)
+    aug = g.DeviceAugment(AugConfig(), 32, [0.5] * 3, [0.5] * 3, dense=True)
     seeds = g.item_seeds(0, 0, torch.arange(len(x)))
 
     def boom(*a, **k):
@@ -216,6 +217,15 @@ def test_no_host_reads_inside_the_augmentation(cifar, monkeypatch):
     out = aug(x.to(torch.uint8), seeds)
     monkeypatch.undo()
     assert torch.isfinite(out).all()
+
+
+def test_dense_and_sparse_forms_give_the_same_views(cifar):
+    _, x = cifar
+    xs = x.to(torch.uint8).repeat(4, 1, 1, 1)
+    seeds = g.item_seeds(11, 0, torch.arange(len(xs)))
+    dense = g.DeviceAugment(AugConfig(), 32, [0.5] * 3, [0.5] * 3, dense=True)(xs, seeds)
+    sparse = g.DeviceAugment(AugConfig(), 32, [0.5] * 3, [0.5] * 3, dense=False)(xs, seeds)
+    assert torch.allclose(dense, sparse, atol=1e-5)
 
 
 def test_rand_augment_specs_parse_and_unsupported_ones_are_named():

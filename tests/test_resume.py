@@ -20,7 +20,8 @@ from deitkit.config import ConfigError
 # small but complete: teacher trained in the run, Mixup/CutMix, repeated augmentation, EMA,
 # stochastic depth, RandAugment, random erasing (the deit stack, on the device as `auto` picks
 # for the digits); all random streams are exercised
-TINY = ["aug.stack=deit", "aug.crop=rrc", "epochs=4", "teacher.train_epochs=1", "progress=false", "data.train_fraction=0.12",
+TINY = ["aug.stack=deit", "aug.crop=rrc", "epochs=4", "teacher.train_epochs=1", "progress=false",
+        "data.train_fraction=0.12",
         "model.overrides={depth: 2}", "aug.mixup=0.8", "aug.cutmix=1.0", "aug.repeated_aug=3",
         "data.batch_size=32", "optim.warmup_epochs=1", "device=cpu"]
 TIMING = ("epoch_seconds", "images_per_second")

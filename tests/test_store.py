@@ -15,7 +15,8 @@ from deitkit.pipeline import record_store, train_teacher
 
 # Mixup/CutMix, RandAugment, random erasing, repeated augmentation (the deit stack; the data on
 # the device, as `auto` picks for the digits): every random stream of a view is exercised
-TINY = ["aug.stack=deit", "aug.crop=rrc", "epochs=2", "teacher.train_epochs=1", "progress=false", "data.train_fraction=0.1", "eval_every=1",
+TINY = ["aug.stack=deit", "aug.crop=rrc", "epochs=2", "teacher.train_epochs=1", "progress=false",
+        "data.train_fraction=0.1", "eval_every=1",
         "model.overrides={depth: 2}", "aug.mixup=0.8", "aug.cutmix=1.0", "aug.repeated_aug=2",
         "aug.reprob=0.25", "data.batch_size=16", "optim.warmup_epochs=1", "device=cpu",
         "amp=off", "distill.kind=soft", "distill.tau=2.0"]

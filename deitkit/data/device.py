@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -126,7 +127,8 @@ class _ToUint8:
         self.resize = resize
 
     def __call__(self, img):
-        return torch.from_numpy(np.array(self.resize(img), dtype=np.uint8, copy=True)).permute(2, 0, 1)
+        arr = np.array(self.resize(img), dtype=np.uint8, copy=True)       # [H, W, 3]
+        return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def decode_transform(size: int, aug: AugConfig, split: str) -> T.Compose:
@@ -139,7 +141,6 @@ def decode_transform(size: int, aug: AugConfig, split: str) -> T.Compose:
 def decode(ds: TransformDataset, size: int, aug: AugConfig, split: str, workers: int = 0,
            progress: bool = True, skip_log: Optional[str] = None) -> Decoded:
     """Decode every image of `ds` to uint8 [N, 3, size, size] (with a progress bar)."""
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         log = skip_log or str(Path(tmp) / "skipped.txt")
         view = ds.with_transform(_ToUint8(decode_transform(size, aug, split)), skip_log=log)
