@@ -286,6 +286,9 @@ class TrainConfig:
     checkpoint stays) or `skip` (drop that step, count it; for rare fp16/bf16 overflows)."""
     max_skipped_steps: int = 20
     """With nonfinite=skip, stop anyway after this many skipped steps in one epoch."""
+    keep_eval_checkpoints: bool = False
+    """Also keep the weights of every evaluated epoch (`checkpoint-epoch-NNN.pt`, with that
+    epoch's metrics), e.g. to pick a teacher of a given accuracy (the teacher-kind study)."""
     compile: bool = False
     """`torch.compile` the student's training forward (slow first step: about a minute on a
     CPU; pays off on long runs and on GPUs)."""

@@ -353,6 +353,8 @@ def fit(cfg: TrainConfig, role: str, bundle: Optional[DatasetBundle] = None,
                  "config": to_dict(cfg), "metrics": record}
         if improved:
             atomic_save(saved, out / "checkpoint-best.pt")
+        if cfg.keep_eval_checkpoints and "fused_top1" in record:
+            atomic_save(saved, out / f"checkpoint-epoch-{epoch + 1:03d}.pt")
         atomic_save({**saved, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(),
                      "ema": step.ema.module.state_dict() if step.ema is not None else None,

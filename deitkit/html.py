@@ -118,8 +118,16 @@ def run_page(run_dir: Path) -> str:
 
 def study_page(study_dir: Path) -> str:
     res = json.loads((study_dir / "results.json").read_text())
-    body = [f"<h1>{html.escape(res['title'])}</h1>",
-            f"<p><b>Claim tested.</b> {html.escape(res['claim'])}</p>",
+    body = [f"<h1>{html.escape(res['title'])}</h1>"]
+    if res.get("claims"):
+        items = [f"<li class=\"claim {c['status'].split()[0]}\"><b>"
+                 f"{html.escape(c['status'].capitalize())}:</b>"
+                 f"{html.escape(c['line'].split(':', 1)[1])}</li>" for c in res["claims"]]
+        body += ["<ul id=\"claims\">", *items, "</ul>"]
+    if res.get("advice"):
+        body.append(f"<p id=\"advice\"><b>What this means for your own data.</b> "
+                    f"{html.escape(res['advice'])}</p>")
+    body += [f"<p><b>Claim tested.</b> {html.escape(res['claim'])}</p>",
             f"<p>Command: <code>{html.escape(res['command'])}</code>; budget "
             f"<code>{html.escape(res['budget'])}</code>, {res['seeds']} seed(s) per setting."
             "</p>", "<h2>What the numbers say</h2>", "<ul id=\"findings\">",

@@ -106,8 +106,12 @@ def write_report(study_dir: str | Path) -> Path:
         plot_png(spec, study_dir / spec["file"])
     b = res["budget_settings"]
     n_runs = len({(r["name"], r["seed"]) for r in res["runs"]})
-    lines = [f"# {res['title']}", "",
-             f"**Claim tested.** {res['claim']}", "",
+    lines = [f"# {res['title']}", ""]
+    lines += [f"- **{c['status'].capitalize()}:**{c['line'].split(':', 1)[1]}"
+              for c in res.get("claims", [])]
+    if res.get("advice"):
+        lines += ["", "**What this means for your own data.** " + res["advice"]]
+    lines += ["", f"**Claim tested.** {res['claim']}", "",
              f"Command: `{res['command']}`", "",
              f"Budget `{res['budget']}`: data `{res['data']}`, {b['img_size']} px, DeiT-Tiny "
              f"students with {b['depth']} blocks at patch {b['patch_size']}, {b['epochs']} "

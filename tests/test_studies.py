@@ -36,6 +36,13 @@ def _check_report(study_dir):
         assert tables[heading] == [[fmt(c) for c in row] for row in t["rows"]]
     for finding in res["findings"]:
         assert f"- {finding}" in report
+    # the report opens with one line per claim, then what it means for the reader's own data
+    head = report.split("**Claim tested.**")[0]
+    assert res["claims"] and res["advice"]
+    for c in res["claims"]:
+        assert c["status"] in ("supported", "refuted", "not shown at this budget")
+        assert f"- **{c['status'].capitalize()}:**" in head and c["claim"] in head
+    assert res["advice"] in head
     for spec in res["plots"]:
         png = study_dir / spec["file"]
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
@@ -69,8 +76,11 @@ def test_study_end_to_end_tiny(root, name):
         row = res["tables"][0]["rows"][3]               # both tokens, hard distillation
         assert row[4] is not None and row[5] is not None  # head agreement, token cosine
     if name == "teacher-kind":
-        # the CNN teacher at the base fraction was trained for distill-heads and reused here
-        assert any("cnn-resnet18" in t for t in res["teachers_reused"])
+        # the students of the CNN teacher use its evaluated epoch closest to the ViT teacher
+        for r in res["runs"]:
+            if r["name"].startswith("student-cnn"):
+                cfg = (Path(r["run_dir"]) / "config.yaml").read_text()
+                assert "checkpoint-epoch-" in cfg
         assert not any(t in res["teachers_trained"] for t in res["teachers_reused"])
 
 
@@ -98,6 +108,11 @@ def test_html_page_of_a_study_shows_its_tables_findings_and_gallery(root, browse
     assert open_page(browser, study_dir / "report.html") == []
     shown = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#findings li")]
     assert shown == res["findings"]
+    claims = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#claims li")]
+    assert len(claims) == len(res["claims"]) and all(
+        t.startswith(c["status"].capitalize() + ":") and c["claim"] in t
+        for t, c in zip(claims, res["claims"]))
+    assert res["advice"] in browser.find_element(By.ID, "advice").text
     for i, t in enumerate(res["tables"]):
         rows = browser.find_elements(By.CSS_SELECTOR, f"#table-{i} tbody tr")
         cells = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]
@@ -150,8 +165,9 @@ def test_finished_run_with_another_configuration_is_refused(root):
 def test_teachers_are_keyed_and_never_duplicated(root):
     keys = [p.name for p in (root / "teachers").iterdir()]
     assert len(keys) == len(set(keys))
-    # distill-heads and teacher-kind (fraction 0.25) share one resnet18 teacher: one folder
-    assert sum(k.startswith("cnn-resnet18") for k in keys) == 2  # fractions 0.25 and 0.5
+    # distill-heads' resnet18 teacher (fraction 0.25) and teacher-kind's, which keeps an
+    # evaluated checkpoint per epoch to match the ViT teacher (fractions 0.25 and 0.5)
+    assert sum(k.startswith("cnn-resnet18") for k in keys) == 3
 
 
 def test_study_errors(tmp_path):
@@ -210,6 +226,11 @@ def test_report_from_recorded_metrics(tmp_path):
     assert fmt(row0[2]) == "54.00 ± 1.41"
     assert row0[3]["mean"] == pytest.approx(40.0)
     assert any("narrowed it, as claimed" in f for f in record["findings"])
+    # over-fitting at magnitude 0 (40 points): the regime the claim needs; the gap narrowed
+    assert record["claims"][0]["status"] == "supported"
+    assert record["claims"][0]["diff"]["mean"] == pytest.approx(-30.0)
+    assert "over-fits" in record["claims"][0]["why"]
+    assert "memorised" in record["advice"] and "magnitude 9" in record["advice"]
     assert any("highest at magnitude 9" in f for f in record["findings"])
     curves = record["plots"][1]["series"]
     assert curves[0]["x"] == [1, 2, 3] and curves[0]["y"][-1] == pytest.approx(54.0)
@@ -220,10 +241,24 @@ def test_report_says_when_data_contradict_the_claim(tmp_path):
                9: [(0.90, 0.60), (0.90, 0.60)], 14: [(0.95, 0.55), (0.95, 0.55)]}
     _, record = _recorded_study(tmp_path, numbers)
     assert any("widened it, contrary to the claim" in f for f in record["findings"])
+    # 10 points of over-fitting at magnitude 0: not the regime the claim needs
+    assert record["claims"][0]["status"] == "not shown at this budget"
+    assert "does not over-fit" in record["claims"][0]["why"]
+    assert "did not over-fit" in record["advice"]
+    # over-fitting (30 points at magnitude 0) and a gap that widens: refuted
+    numbers = {0: [(0.90, 0.60), (0.90, 0.60)], 5: [(0.92, 0.60), (0.92, 0.60)],
+               9: [(0.95, 0.60), (0.95, 0.60)], 14: [(0.99, 0.55), (0.99, 0.55)]}
+    _, record = _recorded_study(tmp_path / "wider", numbers)
+    assert record["claims"][0]["status"] == "refuted"
+    assert record["claims"][1]["status"] == "refuted"  # validation fell by 5 points
     # and when the change is within noise it says that instead of a verdict
     numbers = {m: [(0.70, 0.60), (0.70, 0.60)] for m in (0, 5, 9, 14)}
     _, record = _recorded_study(tmp_path / "flat", numbers)
     assert any("within noise" in f for f in record["findings"])
+    numbers = {m: [(0.90, 0.60), (0.90, 0.60)] for m in (0, 5, 9, 14)}
+    _, record = _recorded_study(tmp_path / "flat-overfit", numbers)
+    assert record["claims"][0]["status"] == "not shown at this budget"
+    assert "within noise" in record["claims"][0]["why"]
 
 
 def test_agg():
@@ -275,3 +310,62 @@ def test_report_command_reanalyzes_a_copied_study_folder(tmp_path):
     (study_dir / "results.json").write_text(json.dumps({"study": "aug-strength"}))
     with pytest.raises(ConfigError, match="missing runs, budget_settings"):
         reanalyze(study_dir)
+
+
+def test_convergence_is_read_from_the_last_quarter_of_the_curve():
+    from deitkit.studies.stats import converged
+
+    def run(name, vals):
+        return {"name": name, "seed": 0, "summary": {},
+                "curve": [{"epoch": e + 1, "fused_top1": v} for e, v in enumerate(vals)]}
+    flat = run("a", [0.1, 0.3, 0.40, 0.50, 0.55, 0.56, 0.562, 0.565])
+    rising = run("b", [0.1, 0.2, 0.30, 0.40, 0.45, 0.50, 0.53, 0.56])
+    ok, text = converged({"runs": [flat]}, ["a"])
+    assert ok and "converged" in text
+    ok, text = converged({"runs": [flat, rising]}, ["a", "b"])
+    assert not ok and "not converged" in text and "6.00 points" in text
+
+
+def test_the_matched_teacher_checkpoint_is_the_closest_in_accuracy(tmp_path):
+    from deitkit.studies.runner import matched_checkpoint
+    cnn, vit = tmp_path / "cnn", tmp_path / "vit"
+    cnn.mkdir()
+    vit.mkdir()
+    accs = [0.30, 0.41, 0.47, 0.52]
+    (cnn / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e + 1, "fused_top1": a}) + "\n" for e, a in enumerate(accs)))
+    for e in range(4):
+        (cnn / f"checkpoint-epoch-{e + 1:03d}.pt").write_bytes(b"x")
+    (vit / "summary.json").write_text(json.dumps({"best_fused_top1": 0.455}))
+    path, acc, target = matched_checkpoint(cnn, vit)
+    assert path.name == "checkpoint-epoch-003.pt" and acc == 0.47 and target == 0.455
+    (cnn / "checkpoint-epoch-003.pt").unlink()  # only kept checkpoints count
+    assert matched_checkpoint(cnn, vit)[0].name == "checkpoint-epoch-002.pt"
+    for p in cnn.glob("checkpoint-epoch-*.pt"):
+        p.unlink()
+    with pytest.raises(ConfigError, match="keep_eval_checkpoints"):
+        matched_checkpoint(cnn, vit)
+
+
+@pytest.mark.parametrize("budget", ["tiny", "quick", "gpu", "full"])
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_every_run_of_every_budget_is_a_valid_configuration(name, budget, tmp_path):
+    """Budgets that CI cannot run (quick: 45 min, gpu, full) at least resolve: each run's and
+    each teacher's overrides give a valid configuration, and the augmentation studies run
+    where weak augmentation can over-fit (a smaller set than the other studies, for longer)."""
+    from deitkit.config import build_config
+    from deitkit.studies.runner import BUDGETS, StudyRunner
+    b = BUDGETS[budget]
+    runner = StudyRunner(tmp_path, "digits", b, 1, log=lambda *a: None, device="cpu")
+    for spec in STUDIES[name].runs(b):
+        teachers = [spec.teacher, getattr(spec.teacher, "match", None)]
+        for t in [t for t in teachers if t is not None]:
+            cfg = build_config(t.recipe, overrides=runner.common(0, tmp_path / "t") +
+                               [f"model.name={t.model}", *t.overrides])
+            assert cfg.epochs >= 1
+        if spec.role == "student":
+            cfg = build_config(spec.recipe or b.recipe,
+                               overrides=runner.common(0, tmp_path / spec.name) + spec.overrides)
+            if name in ("aug-strength", "aug-ablation") and b.overfit_fraction:
+                assert cfg.data.train_fraction == b.overfit_fraction
+                assert cfg.epochs == b.overfit_epochs > b.epochs

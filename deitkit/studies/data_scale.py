@@ -6,7 +6,8 @@ from typing import Optional
 from pathlib import Path
 
 from .spec import FULL_DEIT, Budget, RunSpec, Study, cnn_teacher, epoch_args, student_args
-from .stats import (chance_note, judged, mean_of, metric, paired, pts, runs_of)
+from .stats import (agg, chance_note, claim, converged, judged, mean_of, metric, paired, pts,
+                    runs_of)
 
 
 SCALE_CNN = "resnet10t"  # 4.9 M parameters, against DeiT-Tiny's 5.4 M at depth 12
@@ -70,6 +71,38 @@ def _data_scale_analyze(record: dict, study_dir: Path) -> dict:
     findings.append(f"Distillation changed the ViT's top-1 by {pts(d0)} at {xs[0]:,} images "
                     f"({judged(d0, **word)}) and {pts(d1)} at {xs[-1]:,} ({judged(d1, **word)}), "
                     "paired over seeds.")
+    done, regime = converged(record, [f"{k}-f{f:g}" for f in fr for k in ("vit", "distilled")])
+    small = paired(record, f"cnn-f{fr[0]:g}", f"vit-f{fr[0]:g}")
+    # per seed: (ViT - CNN at the largest size) - (ViT - CNN at the smallest)
+    def lead(f):
+        c = {r["seed"]: r["summary"]["fused_top1"] for r in runs_of(record, f"cnn-f{f:g}")}
+        return {r["seed"]: r["summary"]["fused_top1"] - c[r["seed"]]
+                for r in runs_of(record, f"vit-f{f:g}") if r["seed"] in c}
+    l0, l1 = lead(fr[0]), lead(fr[-1])
+    catch_up = agg([l1[k] - l0[k] for k in l1 if k in l0]) if len(fr) > 1 else None
+    x_vit = _crossover(xs, vit, cnn)
+    span = (f"the range spans the ViT/CNN crossover (about {x_vit:,.0f} images)"
+            if x_vit is not None else
+            f"the range ({xs[0]:,} to {xs[-1]:,} images) does not span the ViT/CNN crossover: "
+            f"the {'CNN' if cnn[-1] > vit[-1] else 'ViT'} leads throughout; the crossover lies "
+            f"{'above' if cnn[-1] > vit[-1] else 'below'} it (on CIFAR-10 a larger range needs "
+            "the full training set: the gpu or full budget)")
+    claims = [claim("CNNs win on small data", small, +1, done, f"students {regime}",
+                    f"CNN minus ViT at {xs[0]:,} images"),
+              claim("ViTs catch up as data grows", catch_up, +1,
+                    done and len(fr) > 1 and x_vit is not None,
+                    f"students {regime}; {span}",
+                    f"ViT's lead over the CNN at {xs[-1]:,} minus at {xs[0]:,} images"),
+              claim("distillation moves the ViT towards the CNN on small data", d0, +1, done,
+                    f"students {regime}", f"distilled minus plain ViT at {xs[0]:,} images")]
+    best = max(("CNN", cnn), ("ViT", vit), ("distilled ViT", dis), key=lambda kv: kv[1][-1])
+    advice = (f"From {xs[0]:,} to {xs[-1]:,} training images the CNN went from {cnn[0]:.1f}% to "
+              f"{cnn[-1]:.1f}%, the ViT from {vit[0]:.1f}% to {vit[-1]:.1f}% and the distilled "
+              f"ViT from {dis[0]:.1f}% to {dis[-1]:.1f}%. With about {xs[-1]:,} images of your "
+              f"own, the {best[0]} is the one to start from" +
+              (f"; below about {x_vit:,.0f} images prefer the CNN." if x_vit is not None else
+               "; " + ("distill a ViT from a CNN if you want a ViT at this size."
+                       if best[0] != "ViT" else "the ViT already leads here.")))
     return {
         "tables": [{"title": "Accuracy against training-set size",
                     "columns": ["fraction", "train images", f"CNN ({SCALE_CNN})", "ViT (DeiT-Tiny)",
@@ -79,7 +112,7 @@ def _data_scale_analyze(record: dict, study_dir: Path) -> dict:
                    "series": [{"label": lab, "x": xs, "y": [mean_of(r[i]) for r in rows],
                                "yerr": [r[i]["std"] if r[i] else 0 for r in rows]}
                               for lab, i in (("CNN", 2), ("ViT", 3), ("distilled ViT", 4))]}],
-        "findings": findings}
+        "findings": findings, "claims": claims, "advice": advice}
 
 
 STUDY = Study("Data scale",

@@ -10,7 +10,8 @@ from ..config import ConfigError
 from ..data import DataError
 from .gallery import disagreement_gallery
 from .spec import FULL_DEIT, Budget, RunSpec, Study, cnn_teacher, student_args
-from .stats import (chance_note, judged, mean_of, metric, paired, pts, runs_of)
+from .stats import (chance_note, claim, converged, judged, mean_of, metric, paired, pts, runs_of,
+                    verdict)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,34 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
              up="distillation helped.", same="within noise.",
              down="distillation hurt at this budget.")),
     ]
-    gallery, gallery_error = [], None
+    testable, regime = converged(record, [n for n, _ in HEAD_RUNS])
+    vs_class = paired(record, "both-hard", "class-only")
+    claims = [claim("the distillation token adds to the class token (both tokens with a "
+                    "teacher beat the class token alone)", vs_class, +1, testable, regime,
+                    "fused, both tokens hard minus class token only"),
+              claim("fusing the two heads beats the better single head", second, +1, testable,
+                    regime, "fused minus the better head, same runs"),
+              claim("hard distillation beats soft (the paper's finding)", hard_soft, +1,
+                    testable, regime, "fused, hard minus soft")]
     hard_runs = runs_of(record, "both-hard")
+    n_img = hard_runs[0]["summary"].get("train_images") if hard_runs else None
+    teacher = metric(record, "both-hard", "teacher_top1")
+    state = ("trained to convergence" if testable else
+             "stopped before converging (" + regime.split(": ", 1)[-1] + ")")
+    advice = (f"With {n_img:,} training images, students {state}, a CNN teacher at "
+              f"{mean_of(teacher):.1f}% moved the distilled student by {pts(vs_none)} against "
+              f"no distillation and by {pts(vs_class)} against the class token alone. "
+              if n_img else "") + (
+        "On data like this, train the distilled student with both tokens and predict with the "
+        "fused heads: " + ("fusion beat either head here. " if verdict(second) > 0 else
+                           "fusion cost nothing here, though it did not beat the better head "
+                           "beyond noise. " if verdict(second) == 0 else
+                           f"here the better single head ({single.split('_')[0]}) beat fusion, "
+                           "so check both heads on your validation set. ") +
+        ("Prefer hard distillation." if verdict(hard_soft) > 0 else
+         "Hard and soft distillation were within noise here; hard is the cheaper default."
+         if verdict(hard_soft) == 0 else "Soft distillation won here; try it on your data."))
+    gallery, gallery_error = [], None
     if hard_runs and not Path(hard_runs[0]["run_dir"]).is_dir() and record.get("gallery"):
         gallery = record["gallery"]["items"]  # re-analysed elsewhere: keep the drawn gallery
     elif hard_runs:
@@ -101,7 +128,7 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
                                               ("fused", 3))]}],
         "gallery": {"file": "disagreements.png", "items": gallery} if gallery else None,
         **({"gallery_error": gallery_error} if gallery_error else {}),
-        "findings": [f for f in findings if f]}
+        "findings": [f for f in findings if f], "claims": claims, "advice": advice}
 
 
 STUDY = Study("Distillation heads",

@@ -91,6 +91,20 @@ class StudyRunner:
         self.teachers_trained.append(str(out))
         return out
 
+    def teacher_ref(self, spec: TeacherSpec, seed: int, finished: bool = False) -> Path:
+        """What a student's `teacher.name` is: the teacher's folder (trained unless the student
+        is `finished`), or for a `match`ed spec the checkpoint of its closest accuracy."""
+        get = self.teacher_path if finished else self.teacher_dir
+        out = get(spec, seed)
+        if spec.match is None:
+            return out
+        ref = get(spec.match, seed)
+        path, acc, target = matched_checkpoint(out, ref)
+        if not finished:
+            self.log(f"  {spec.label}: epoch checkpoint {path.name} at {100 * acc:.2f}% "
+                     f"(the {spec.match.label} teacher: {100 * target:.2f}%)")
+        return path
+
     def run(self, spec: RunSpec, seed: int, study_dir: Path) -> dict:
         if spec.role == "teacher":
             out = self.teacher_dir(spec.teacher, seed)
@@ -99,8 +113,7 @@ class StudyRunner:
         finished = (out / "summary.json").is_file()
         overrides = self.common(seed, out) + list(spec.overrides)
         if spec.teacher is not None:  # a finished run needs its teacher's name, not the teacher
-            t = self.teacher_path if finished else self.teacher_dir
-            overrides.append(f"teacher.name={t(spec.teacher, seed)}")
+            overrides.append(f"teacher.name={self.teacher_ref(spec.teacher, seed, finished)}")
         cfg = build_config(spec.recipe or self.budget.recipe, overrides=self.with_extra(overrides))
         if finished:
             check_finished(out, cfg)
@@ -108,6 +121,23 @@ class StudyRunner:
             resume = (out / "checkpoint-last.pt").is_file()
             train(cfg, log=quiet, resume=resume)
         return {**collect_run(out), "run_dir": str(out)}
+
+
+def matched_checkpoint(teacher_dir: Path, reference_dir: Path) -> tuple[Path, float, float]:
+    """(checkpoint, its validation top-1, the reference's best): of `teacher_dir`'s evaluated
+    epoch checkpoints, the one whose accuracy is closest to the best of the teacher in
+    `reference_dir` (the checkpoint a student of that run folder loads)."""
+    target = json.loads((reference_dir / "summary.json").read_text())["best_fused_top1"]
+    kept = []
+    for row in _read_metrics(teacher_dir):
+        path = teacher_dir / f"checkpoint-epoch-{row['epoch']:03d}.pt"
+        if row.get("fused_top1") is not None and path.is_file():
+            kept.append((abs(row["fused_top1"] - target), path, row["fused_top1"]))
+    if not kept:
+        raise ConfigError(f"'{teacher_dir}' kept no epoch checkpoints to match "
+                          f"'{reference_dir}' with (it needs keep_eval_checkpoints=true)")
+    _, path, acc = min(kept, key=lambda k: (k[0], k[1].name))
+    return path, acc, target
 
 
 def check_finished(out: Path, cfg) -> None:

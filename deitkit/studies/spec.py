@@ -34,6 +34,13 @@ class Budget:
     recipe: str
     """Base recipe of the students."""
     amp: str = "auto"
+    overfit_fraction: Optional[float] = None
+    """aug-strength and aug-ablation: the training fraction at which weakly augmented
+    students over-fit (their claims are about curing over-fitting); None: `train_fraction`."""
+    overfit_epochs: Optional[int] = None
+    """Their epochs at `overfit_fraction` (None: `epochs`)."""
+    overfit_eval_every: Optional[int] = None
+    """Their evaluation interval (None: `eval_every`)."""
 
     def epochs_for(self, fraction: float, epochs: Optional[int] = None) -> int:
         """Epochs at another fraction with about the same number of optimiser steps (capped at
@@ -48,12 +55,24 @@ BUDGETS = {
                    depth=2, batch_size=32, teacher_epochs=1, eval_train_images=128,
                    eval_every=1, num_workers=0, fractions=(0.25, 0.5),
                    scale_fractions=(0.125, 0.25, 0.5), recipe="quickstart"),
-    # CIFAR-10 on 2 CPU cores, each study within about 45 minutes. teacher-kind gets two
-    # fractions: each costs two teachers and two students (about 19 min on 2 cores, measured)
-    "quick": Budget("quick", None, epochs=12, train_fraction=0.1, img_size=32, patch_size=8,
+    # CIFAR-10 on 2 CPU cores, each study within about 45 minutes (docs/studies/README.md has
+    # the measured times and regimes). The augmentation studies run where weak augmentation
+    # over-fits (1,000 images, 80 epochs); distill-heads and teacher-kind run 20 epochs, long
+    # enough (cosine schedule) for validation to settle; teacher-kind's two fractions each
+    # cost two teachers and two students
+    "quick": Budget("quick", None, epochs=20, train_fraction=0.1, img_size=32, patch_size=8,
                     depth=6, batch_size=64, teacher_epochs=6, eval_train_images=1000,
-                    eval_every=3, num_workers=2, fractions=(0.02, 0.1),
-                    scale_fractions=(0.01, 0.03, 0.1), recipe="small-data-cpu"),
+                    eval_every=4, num_workers=2, fractions=(0.02, 0.05),
+                    scale_fractions=(0.01, 0.03, 0.1), recipe="small-data-cpu",
+                    overfit_fraction=0.02, overfit_epochs=80, overfit_eval_every=10),
+    # one GPU, each study within about 5 minutes with 3 seeds (--seeds 3), the data on the
+    # device (data.on_device=auto picks it for CIFAR-10). Planned from issue 13's step
+    # measurements (DeiT-Tiny at 32 px: 6,000-30,000 images/s on an H100); not yet run
+    "gpu": Budget("gpu", None, epochs=40, train_fraction=0.1, img_size=32, patch_size=4,
+                  depth=6, batch_size=256, teacher_epochs=20, eval_train_images=2000,
+                  eval_every=10, num_workers=8, fractions=(0.02, 0.1),
+                  scale_fractions=(0.01, 0.1, 0.3), recipe="small-data-cpu",
+                  overfit_fraction=0.05, overfit_epochs=100, overfit_eval_every=25),
     # one GPU: full training set, the small-data-cpu recipe's model
     "full": Budget("full", None, epochs=100, train_fraction=1.0, img_size=32, patch_size=4,
                    depth=12, batch_size=128, teacher_epochs=30, eval_train_images=5000,
@@ -71,6 +90,9 @@ class TeacherSpec:
     recipe: str
     overrides: tuple = ()
     label: str = ""
+    match: Optional["TeacherSpec"] = None
+    """Use the evaluated checkpoint of this teacher (trained with `keep_eval_checkpoints`)
+    whose validation top-1 is closest to `match`'s best: teachers of matched accuracy."""
 
     def key(self, data: str, seed: int, extra: tuple = ()) -> str:
         text = json.dumps([data, self.model, self.kind, self.recipe, list(self.overrides), seed]
@@ -113,6 +135,15 @@ def student_args(b: Budget, distilled: bool) -> list[str]:
             f"epochs={b.epochs}", f"optim.warmup_epochs={min(2, b.epochs - 1)}"]
 
 
+def overfit_args(b: Budget) -> list[str]:
+    """The data size and length of the augmentation studies (see Budget.overfit_fraction)."""
+    f = b.overfit_fraction or b.train_fraction
+    e = b.overfit_epochs or b.epochs
+    return [f"data.train_fraction={f}", f"epochs={e}",
+            f"eval_every={b.overfit_eval_every or b.eval_every}",
+            f"optim.warmup_epochs={min(5, max(1, e // 20))}"]
+
+
 def epoch_args(b: Budget, fraction: float, epochs: int) -> list[str]:
     """Epochs scaled to the fraction, and evaluation as often (in epochs) as at the base
     fraction, so a small-data run is not dominated by evaluating the full validation set."""
@@ -125,6 +156,15 @@ def cnn_teacher(b: Budget, fraction: float, model: str = "resnet18") -> TeacherS
     return TeacherSpec(model, "cnn", "cnn-teacher", (
         f"data.train_fraction={fraction}", *epoch_args(b, fraction, b.teacher_epochs),
         "model.small_stem=false"), label=f"{model} @ {fraction:g}")
+
+
+def matched_cnn_teacher(b: Budget, fraction: float, other: TeacherSpec) -> TeacherSpec:
+    """A CNN teacher evaluated and kept every epoch, used at the epoch whose accuracy is
+    closest to `other`'s (the ViT teacher): a comparison at matched teacher accuracy."""
+    t = cnn_teacher(b, fraction)
+    return TeacherSpec(t.model, t.kind, t.recipe, (*t.overrides, "eval_every=1",
+                                                   "keep_eval_checkpoints=true"),
+                       label=f"{t.label}, matched", match=other)
 
 
 def vit_teacher(b: Budget, fraction: float) -> TeacherSpec:

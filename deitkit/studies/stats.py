@@ -6,6 +6,8 @@ import math
 import statistics
 from typing import Optional
 
+from ..regime import last_quarter_change
+
 
 def agg(values: list) -> Optional[dict]:
     """Mean and standard deviation (over seeds) of fractions, in percent."""
@@ -111,3 +113,80 @@ def chance_note(record: dict) -> list[str]:
 
 def pct(cell: Optional[dict]) -> str:
     return "n/a" if cell is None else f"{cell['mean']:.2f}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# claims: one line each, opening the report
+
+SUPPORTED, REFUTED, NOT_SHOWN = "supported", "refuted", "not shown at this budget"
+OVERFIT_POINTS = 15.0      # clean training minus validation top-1: an over-fitting student
+CONVERGED_POINTS = 1.0     # validation change over the last quarter of epochs: converged
+MATCHED_POINTS = 2.0       # teachers this close in validation top-1: of matched accuracy
+
+
+def claim(text: str, diff: Optional[dict], want: int, testable: bool, regime: str,
+          effect: str) -> dict:
+    """One claim's verdict from a paired effect `diff` (points; `want` +1 or -1 is the sign
+    the claim predicts) in the regime the study reached (`testable`, described by `regime`):
+    supported or refuted beyond the noise rule (see `compare`), else not shown."""
+    v = verdict(diff)
+    if not testable:
+        status, why = NOT_SHOWN, regime
+    elif diff is None:
+        status, why = NOT_SHOWN, "no paired runs to compare"
+    elif v == want:
+        status, why = SUPPORTED, regime
+    elif v == -want:
+        status, why = REFUTED, regime
+    else:
+        status, why = NOT_SHOWN, f"{regime}; the effect is within noise"
+    c = {"claim": text, "status": status, "effect": effect, "diff": diff, "why": why}
+    return {**c, "line": claim_line(c)}
+
+
+def claim_line(c: dict) -> str:
+    """'Supported: <claim> (effect: +1.2 ± 0.3 points, 3 seeds). <why>.'"""
+    n = f", {c['diff']['n']} seed(s)" if c.get("diff") else ""
+    return (f"{c['status'].capitalize()}: {c['claim']} ({c['effect']}: {pts(c.get('diff'))}"
+            f"{n}). {c['why'][0].upper()}{c['why'][1:]}.")
+
+
+def gap_points(record: dict, name: str) -> float:
+    """Mean (over seeds) clean training minus validation top-1 of run `name`, in points."""
+    return mean_of(agg([gap(r["summary"]) for r in runs_of(record, name)]))
+
+
+def last_quarter_points(record: dict, names: list) -> float:
+    """The largest (over runs `names` and seeds) absolute change of validation top-1 over the
+    last quarter of the epochs, in points (nan when a run evaluated fewer than twice)."""
+    changes = []
+    for name in names:
+        for r in runs_of(record, name):
+            c = last_quarter_change(r.get("curve", []))
+            changes.append(math.nan if c is None else abs(100 * c))
+    return max(changes) if changes else math.nan
+
+
+def converged(record: dict, names: list) -> tuple[bool, str]:
+    """(all runs `names` converged, the sentence that says how much they still moved)."""
+    moved = last_quarter_points(record, names)
+    if math.isnan(moved):
+        return False, "convergence unknown: too few evaluations per run"
+    if moved < CONVERGED_POINTS:
+        return True, (f"converged: validation moved at most {moved:.2f} points over the last "
+                      "quarter of the epochs")
+    return False, (f"not converged: validation still moved up to {moved:.2f} points over the "
+                   f"last quarter of the epochs (under {CONVERGED_POINTS:g} needed)")
+
+
+def overfits(record: dict, name: str, label: str) -> tuple[bool, str]:
+    """(the weakly augmented run `name` over-fits by 15 points or more, the sentence)."""
+    g = gap_points(record, name)
+    if math.isnan(g):
+        return False, f"no clean training accuracy was measured for {label}"
+    if g >= OVERFIT_POINTS:
+        return True, (f"in the regime the claim needs: {label} over-fits (clean training "
+                      f"top-1 {g:.1f} points above validation)")
+    return False, (f"{label} does not over-fit here (clean training top-1 {g:.1f} points above "
+                   f"validation; {OVERFIT_POINTS:g} needed): there is no over-fitting for "
+                   "augmentation to cure at this data size and length")
