@@ -27,6 +27,7 @@ from .predict import format_predictions, predict, write_predictions
 from .runtime import resolve_device
 from .slurm import SlurmError, submit
 from .studies import reanalyze, run_study
+from .studies.spec import BUDGETS
 
 EPILOG = ("Any config key can be set as key=value after the options, e.g. "
           "distill.kind=soft aug.mixup=0 optim.base_lr=1e-3. `deitkit recipes` lists recipes.")
@@ -113,9 +114,10 @@ def make_parser() -> argparse.ArgumentParser:
                                      "data-scale)")
     p.add_argument("name", help="study name")
     p.add_argument("--data", help="dataset (the tiny budget defaults to digits)")
-    p.add_argument("--budget", default="tiny", choices=("tiny", "quick", "full"),
+    p.add_argument("--budget", default="tiny", choices=tuple(BUDGETS),
                    help="tiny: seconds, CI; quick: CIFAR-10 on 2 CPU cores, <= 45 min per "
-                        "study; full: one GPU (default: tiny)")
+                        "study; gpu: one GPU, about 5 min per study with --seeds 3; full: one "
+                        "GPU, hours (default: tiny)")
     p.add_argument("--seeds", type=int, default=1, help="runs per setting (default 1)")
     p.add_argument("--root", default="runs/studies",
                    help="folder of study folders and shared teachers (default runs/studies)")
