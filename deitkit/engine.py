@@ -81,6 +81,7 @@ def train_one_epoch(s: Step, loader, device: torch.device, epoch: int,
     guard = _FiniteGuard(device, opts, len(loader))
     sums = torch.zeros(4, device=device)   # loss, base_loss, distill_loss, correct (summed)
     seen, n_steps, t0 = 0, len(loader), time.perf_counter()
+    refresh = 10 if device.type == "cpu" else 50  # the bar's loss reads the device: rarely
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not opts.progress,
                dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar):
@@ -118,7 +119,7 @@ def train_one_epoch(s: Step, loader, device: torch.device, epoch: int,
                                  parts["distill_loss"].detach() * n,
                                  (pred == truth).sum().float()])
         seen += len(images)
-        if opts.progress and (step % 10 == 0 or step == n_steps - 1):
+        if opts.progress and (step % refresh == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.3f}",
                             lr=f"{s.optimizer.param_groups[0]['lr']:.2e}")
     elapsed = time.perf_counter() - t0

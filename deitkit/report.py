@@ -114,10 +114,10 @@ def write_report(study_dir: str | Path) -> Path:
     lines += ["", f"**Claim tested.** {res['claim']}", "",
              f"Command: `{res['command']}`", "",
              f"Budget `{res['budget']}`: data `{res['data']}`, {b['img_size']} px, DeiT-Tiny "
-             f"students with {b['depth']} blocks at patch {b['patch_size']}, {b['epochs']} "
-             f"epochs at training fraction {b['train_fraction']:g}, batch {b['batch_size']}. "
+             f"students with {b['depth']} blocks at patch {b['patch_size']}, "
+             f"{_sizes(res)}, batch {b['batch_size']}. "
              f"{n_runs} runs, **{res['seeds']} seed(s) per setting**; cells are mean ± standard "
-             f"deviation over seeds, top-1 in percent. Training accuracy is measured on "
+             f"deviation over seeds, top-1 in percent. Training accuracy is measured on up to "
              f"{b['eval_train_images']} training images without augmentation.", "",
              "## What the numbers say", ""]
     lines += [f"- {f}" for f in res.get("findings", [])]
@@ -148,6 +148,16 @@ def write_report(study_dir: str | Path) -> Path:
     path = study_dir / "report.md"
     atomic_write_text("\n".join(lines) + "\n", path)
     return path
+
+
+def _sizes(res: dict) -> str:
+    """'160 epochs on 500 training images' (what this study's students ran; the sizes of a
+    budget differ between studies)."""
+    students = [r["summary"] for r in res["runs"] if r["role"] == "student"]
+    pairs = sorted({(s.get("epochs"), s.get("train_images")) for s in students},
+                   key=lambda p: (p[1] or 0))
+    return ", ".join(f"{e} epochs on {n:,} training images" for e, n in pairs
+                     if e is not None and n is not None) or "no student runs"
 
 
 def _first_dir(res: dict) -> str:

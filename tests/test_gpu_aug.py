@@ -219,6 +219,32 @@ def test_no_host_reads_inside_the_augmentation(cifar, monkeypatch):
     assert torch.isfinite(out).all()
 
 
+def test_no_host_copies_per_batch(cifar, monkeypatch):
+    """After the first batch, the augmentation makes no tensor from host data and moves none
+    to a device (a copy from pageable host memory waits for the GPU's queue): constants are
+    made once per device."""
+    _, x = cifar
+    aug = g.DeviceAugment(AugConfig(), 32, [0.5] * 3, [0.5] * 3, dense=True)
+    xs = x.to(torch.uint8)
+    seeds = g.item_seeds(0, 0, torch.arange(len(xs)))
+    aug(xs, seeds)  # the first batch makes the constants
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if "device" in kwargs or any(isinstance(a, (torch.device, str, torch.Tensor))
+                                     for a in args):
+            raise AssertionError("a host copy per batch")
+        return real_to(self, *args, **kwargs)
+
+    def tensor(*a, **k):
+        raise AssertionError("a tensor made from host data per batch")
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch, "tensor", tensor)
+    out = aug(xs, seeds)
+    monkeypatch.undo()
+    assert torch.isfinite(out).all()
+
+
 def test_dense_and_sparse_forms_give_the_same_views(cifar):
     _, x = cifar
     xs = x.to(torch.uint8).repeat(4, 1, 1, 1)

@@ -229,7 +229,10 @@ class DeviceEvalLoader:
                  mean, std):
         self.images, self.targets = images, targets
         self.indices = torch.as_tensor(list(indices), dtype=torch.long, device=images.device)
-        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.batch_size = batch_size
+        # on the device once (a host copy per batch would wait for the GPU's queue)
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1).to(images.device)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1).to(images.device)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)

@@ -62,7 +62,10 @@ def uniform(seeds: torch.Tensor, stream: int, n: int = 1) -> torch.Tensor:
 def normal(seeds: torch.Tensor, stream: int, n: int = 1) -> torch.Tensor:
     """[B, n] standard normals (Box-Muller on two 16-bit uniforms from one hash per number:
     a quarter of the work of two full uniforms, which matters for per-pixel noise)."""
-    key = hash32(seeds[:, None] ^ hash32(torch.tensor(stream << 20, device=seeds.device)))
+    # torch.full, not torch.tensor: made on the device, no copy from the host (a copy from
+    # pageable memory waits for the GPU's queue)
+    key = hash32(seeds[:, None] ^ hash32(torch.full((), stream << 20, device=seeds.device,
+                                                    dtype=torch.int64)))
     x = hash32(key + torch.arange(n, device=seeds.device, dtype=torch.int64)[None, :])
     u1 = ((x >> 16).to(torch.float32) + 0.5) * (1.0 / 65536)            # (0, 1)
     u2 = ((x & 0xFFFF).to(torch.float32) + 0.5) * (1.0 / 65536)
@@ -92,7 +95,7 @@ def affine(x: torch.Tensor, A: torch.Tensor, fill: torch.Tensor, mode: str = "bi
               & (src[..., 1] < H))[:, None]                          # [B, 1, S, S]
     grid = torch.stack([src[..., 0] * (2.0 / W) - 1, src[..., 1] * (2.0 / H) - 1], -1)
     out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-    fill = fill.to(x).reshape(-1, C, 1, 1)
+    fill = fill.reshape(-1, C, 1, 1)  # on x's device already (no host copy per batch)
     return torch.where(inside, out, fill).clamp(0, 255).round()
 
 
@@ -142,7 +145,9 @@ def resized_crop(x: torch.Tensor, top, left, h, w, flip, size: int, mode: str = 
     # output u -> input left + u * w / S; mirrored: left + (S - u) * w / S
     A = affine_matrix(torch.where(flip, -sx, sx), zero, torch.where(flip, left + w, left),
                       zero, h / size, top)
-    return affine(x, A, torch.zeros(x.shape[1]) if fill is None else fill, mode, out_size=size)
+    if fill is None:
+        fill = torch.zeros(x.shape[1], device=x.device)
+    return affine(x, A, fill, mode, out_size=size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,14 +390,30 @@ class DeviceAugment:
         if reason:
             raise ValueError(reason)
         self.aug, self.size = aug, size
-        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.mean_std = (tuple(mean), tuple(std))
+        self._consts: dict = {}  # per device: constants made once (no host copy per batch)
         deit = aug.stack == "deit"
         self.ra = RandAugmentSpec.parse(aug.rand_augment) if deit and aug.rand_augment else None
         self.reprob = aug.reprob if deit else 0.0
         # timm's RandAugment fill: the mean colour, in 0..255
-        self.fill = torch.tensor([min(255, round(255 * m)) for m in mean], dtype=torch.float32)
+        self.fill_rgb = [min(255, round(255 * m)) for m in mean]
         self.mode = aug.interpolation
+
+    def consts(self, device: torch.device) -> dict:
+        """mean, std [1, 3, 1, 1], fill [3] (0..255), zeros [3], on `device` (made once)."""
+        if device not in self._consts:
+            mean, std = self.mean_std
+            self._consts[device] = {
+                "mean": torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1).to(device),
+                "std": torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1).to(device),
+                "fill": torch.tensor(self.fill_rgb, dtype=torch.float32).to(device),
+                "zeros": torch.zeros(3, device=device)}
+        return self._consts[device]
+
+    @property
+    def fill(self) -> torch.Tensor:
+        """timm's RandAugment fill (the mean colour, 0..255), on the CPU (tests, reference)."""
+        return torch.tensor(self.fill_rgb, dtype=torch.float32)
 
     def crop_flip(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
@@ -404,11 +425,11 @@ class DeviceAugment:
             left = randint(u[:, 1], torch.zeros_like(u[:, 1]), torch.full_like(u[:, 1], W + 8 - S))
             top, left = top - 4, left - 4
             h = w = torch.full_like(top, float(S))
-            mode, fill = "nearest", torch.zeros(3)
+            mode, fill = "nearest", self.consts(x.device)["zeros"]
         else:
             top, left, h, w = crop_boxes(uniform(seeds, _CROP, 40), H, W,
                                          (self.aug.scale_min, 1.0)).unbind(1)
-            mode, fill = self.mode, self.fill  # inside the image: fill is never used
+            mode, fill = self.mode, self.consts(x.device)["fill"]  # inside: never used
         return resized_crop(x, top, left, h, w, flip, S, mode, fill)
 
     def rand_augment(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
@@ -423,7 +444,7 @@ class DeviceAugment:
                 level, min(ra.magnitude, 10.0))
             out = x
             # the five geometric ops share one resampling with a matrix per image
-            eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=x.device).expand(len(x), 2, 3)
+            eye = torch.eye(2, 3, device=x.device).expand(len(x), 2, 3)
             A, geo = eye, torch.zeros_like(applied)
             for k, name in enumerate(RAND_INCREASING):
                 pick = applied & (op == k)
@@ -435,7 +456,8 @@ class DeviceAugment:
                 arg = level if name in ("AutoContrast", "Equalize", "Invert") else \
                     level_args(name, level, sign)
                 out = self._where(pick, lambda i, n=name, a=arg: apply_op(n, x[i], a[i]), out)
-            x = self._where(geo, lambda i: affine(x[i], A[i], self.fill, self.mode), out)
+            fill = self.consts(x.device)["fill"]
+            x = self._where(geo, lambda i: affine(x[i], A[i], fill, self.mode), out)
         return x
 
     def _where(self, pick: torch.Tensor, op, out: torch.Tensor) -> torch.Tensor:
@@ -478,14 +500,14 @@ class DeviceAugment:
         x = self.crop_flip(images.float(), seeds)                             # [B, 3, S, S]
         if self.ra is not None:
             x = self.rand_augment(x, seeds)
-        x = (x / 255.0 - self.mean.to(x.device)) / self.std.to(x.device)
+        c = self.consts(x.device)
+        x = (x / 255.0 - c["mean"]) / c["std"]
         if self.reprob > 0:
             x = self.erase(x, seeds)
         return x
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> normalised float (the evaluation view of cached images)."""
-    m = torch.tensor(mean, device=images.device).reshape(1, 3, 1, 1)
-    s = torch.tensor(std, device=images.device).reshape(1, 3, 1, 1)
-    return (images.float() / 255.0 - m) / s
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> normalised float (the evaluation view of cached images); mean and
+    std [1, 3, 1, 1] on the images' device."""
+    return (images.float() / 255.0 - mean) / std
