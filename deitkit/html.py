@@ -122,7 +122,7 @@ def study_page(study_dir: Path) -> str:
     if res.get("claims"):
         items = [f"<li class=\"claim {c['status'].split()[0]}\"><b>"
                  f"{html.escape(c['status'].capitalize())}:</b>"
-                 f"{html.escape(c['line'].split(':', 1)[1])}</li>" for c in res["claims"]]
+                 f" {html.escape(c['line'])}</li>" for c in res["claims"]]
         body += ["<ul id=\"claims\">", *items, "</ul>"]
     if res.get("advice"):
         body.append(f"<p id=\"advice\"><b>What this means for your own data.</b> "

@@ -107,8 +107,7 @@ def write_report(study_dir: str | Path) -> Path:
     b = res["budget_settings"]
     n_runs = len({(r["name"], r["seed"]) for r in res["runs"]})
     lines = [f"# {res['title']}", ""]
-    lines += [f"- **{c['status'].capitalize()}:**{c['line'].split(':', 1)[1]}"
-              for c in res.get("claims", [])]
+    lines += [f"- **{c['status'].capitalize()}:** {c['line']}" for c in res.get("claims", [])]
     if res.get("advice"):
         lines += ["", "**What this means for your own data.** " + res["advice"]]
     lines += ["", f"**Claim tested.** {res['claim']}", "",

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write
 from ..config import AugConfig, ConfigError, DataConfig
-from .gpu_aug import DeviceAugment, device_support, item_seeds, normalize
+from .gpu_aug import DeviceAugment, channel_stats, device_support, item_seeds, normalize
 from .sampler import RepeatedAugSampler, ShardSampler
 from .sources import DataError, TransformDataset
 
@@ -230,9 +230,7 @@ class DeviceEvalLoader:
         self.images, self.targets = images, targets
         self.indices = torch.as_tensor(list(indices), dtype=torch.long, device=images.device)
         self.batch_size = batch_size
-        # on the device once (a host copy per batch would wait for the GPU's queue)
-        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1).to(images.device)
-        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1).to(images.device)
+        self.mean, self.std = channel_stats(mean, std, images.device)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)

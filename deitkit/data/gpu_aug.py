@@ -403,9 +403,9 @@ class DeviceAugment:
         """mean, std [1, 3, 1, 1], fill [3] (0..255), zeros [3], on `device` (made once)."""
         if device not in self._consts:
             mean, std = self.mean_std
+            m, s = channel_stats(mean, std, device)
             self._consts[device] = {
-                "mean": torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1).to(device),
-                "std": torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1).to(device),
+                "mean": m, "std": s,
                 "fill": torch.tensor(self.fill_rgb, dtype=torch.float32).to(device),
                 "zeros": torch.zeros(3, device=device)}
         return self._consts[device]
@@ -505,6 +505,15 @@ class DeviceAugment:
         if self.reprob > 0:
             x = self.erase(x, seeds)
         return x
+
+
+def channel_stats(mean: Sequence[float], std: Sequence[float],
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation mean and std as [1, 3, 1, 1] tensors on `device` (make once, reuse: a
+    host copy per batch would wait for the GPU's queue)."""
+    def as4(v):
+        return torch.tensor(v, dtype=torch.float32).reshape(1, 3, 1, 1).to(device)
+    return as4(mean), as4(std)
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -145,10 +145,10 @@ def claim(text: str, diff: Optional[dict], want: int, testable: bool, regime: st
 
 
 def claim_line(c: dict) -> str:
-    """'Supported: <claim> (effect: +1.2 ± 0.3 points, 3 seeds). <why>.'"""
+    """'<claim> (effect: +1.2 ± 0.3 points, 3 seeds). <why>.' (reports put the status first)"""
     n = f", {c['diff']['n']} seed(s)" if c.get("diff") else ""
-    return (f"{c['status'].capitalize()}: {c['claim']} ({c['effect']}: {pts(c.get('diff'))}"
-            f"{n}). {c['why'][0].upper()}{c['why'][1:]}.")
+    return (f"{c['claim']} ({c['effect']}: {pts(c.get('diff'))}{n}). "
+            f"{c['why'][0].upper()}{c['why'][1:]}.")
 
 
 def gap_points(record: dict, name: str) -> float:
