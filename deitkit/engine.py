@@ -122,6 +122,8 @@ def train_one_epoch(s: Step, loader, device: torch.device, epoch: int,
         if opts.progress and (step % refresh == 0 or step == n_steps - 1):
             bar.set_postfix(loss=f"{loss.item():.3f}",
                             lr=f"{s.optimizer.param_groups[0]['lr']:.2e}")
+    if device.type == "cuda":  # the queued steps are part of the epoch's time
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
     totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([seen, guard.skipped])]))  # ranks
     seen = int(totals[4].item())

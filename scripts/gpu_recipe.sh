@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Issue 13's accuracy check: the cifar10-gpu recipe end to end (teacher included) on one GPU,
 # on the CIFAR-10 JPEG ImageFolder of ../shared/data, within 10 minutes of wall time. Writes
-# $OUT/cifar10-gpu/ (summary.json, metrics.jsonl, the teacher) and $OUT/recipe.json.
+# $OUT/cifar10-gpu/ (summary.json, metrics.jsonl, the teacher), $OUT/train.log and
+# $OUT/recipe.json. Arguments go to `deitkit train` (the recipe's command passes
+# --time-budget 9.5: teacher and student epochs scaled to fit, measured on the machine).
 #
-#   OUT=/tmp/recipe bash scripts/gpu_recipe.sh
+#   OUT=/tmp/recipe bash scripts/gpu_recipe.sh --time-budget 9.5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/deitkit-recipe}; mkdir -p "$OUT"; PY=${PY:-python3}
@@ -15,7 +17,7 @@ if [ -z "${DATA:-}" ]; then
 fi
 s=$(date +%s.%N)
 timeout "$LIMIT" $PY -m deitkit train --recipe cifar10-gpu --no-progress --data "$DATA" \
-  --out "$OUT/cifar10-gpu" "$@" 2>&1 | tail -25 || true
+  --out "$OUT/cifar10-gpu" "$@" 2>&1 | tee "$OUT/train.log" | tail -25 || true
 $PY - "$OUT" "$s" <<'PYEOF'
 import json, sys, time
 from pathlib import Path
