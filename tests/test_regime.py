@@ -1,5 +1,6 @@
 """The regime a run ended in, and the time plan: measured estimates and epochs for a budget."""
 import json
+import time
 
 import pytest
 import torch
@@ -47,6 +48,27 @@ def test_measuring_an_epoch_leaves_the_random_streams_alone():
     assert seconds > 0
     assert torch.equal(before["torch"], after["torch"])
     assert torch.equal(before["numpy"][0], after["numpy"][0])
+
+
+def test_the_first_evaluation_is_not_what_the_estimate_times(monkeypatch):
+    """One-time costs of the first evaluation (cuDNN's search on a GPU, here a 2 s sleep) stay
+    out of the estimate: timed cold, they were scaled by the images evaluated per epoch."""
+    cfg = build_config("quickstart", overrides=TINY + ["eval_every=1"])
+    bundle = load_dataset("digits", train_fraction=0.1)
+    calls = []
+
+    def evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(2.0)
+        return real(*a, **k)
+    real = plan.evaluate
+    monkeypatch.setattr(plan, "evaluate", evaluate)
+    seconds = plan.measure_epoch(cfg, "student", bundle)
+    assert len(calls) == 2
+    # cold, the 2 s would count once per evaluation batch of the epoch's evaluations (> 4 s)
+    batches = (len(bundle.val) * 2 + cfg.eval_train_images) / cfg.data.eval_batch_size
+    assert batches * 2.0 > 4.0 and seconds < 2.0
 
 
 def test_time_budget_sets_both_epoch_counts(tmp_path, monkeypatch):
