@@ -85,6 +85,13 @@ class DataConfig:
     `rand-...-inc1`, or `light`), `true` (an error when it cannot), `false` (worker loader)."""
     device_share: float = 0.5
     """The most of the device's memory (a GPU's; a CPU's RAM) the decoded images may take."""
+    compile_augment: bool = False
+    """With the data on the device: `torch.compile` the per-sample augmentation as one graph
+    (about 1,400 small ops per batch fused into a few kernels; on an H100 the ops alone took
+    about 28 ms per batch, launch-bound). Compiling takes a minute or more (75 s on the 2-core
+    CPU), and on a CPU it runs the dense form (every op on every image): for GPUs. Views may
+    differ from the uncompiled ones by one grey level at a few pixels (float rounding), so a
+    teacher store records it."""
     cache_dir: str = "~/.cache/deitkit/decoded"
     """Where decoded image folders are cached (uint8 safetensors, keyed by a digest of the
     files and the decode size; rebuilt when a file changes)."""

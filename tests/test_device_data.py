@@ -108,6 +108,12 @@ def test_decision_auto_true_false():
     with pytest.raises(ConfigError, match="v2"):
         dd.decide(DataConfig(on_device=True), v2, 10, 10, cpu)
     assert not dd.decide(small, AugConfig(remode="const"), 10, 10, cpu).on_device
+    # a compiled augmentation's views differ by float rounding: a teacher store tells them apart
+    assert dd.decide(small, aug, 1000, 100, cpu).views == "device:cpu"
+    assert dd.decide(DataConfig(compile_augment=True), aug, 10, 10, cpu).views == \
+        "device:cpu+compiled"
+    assert dd.decide(DataConfig(on_device=False, compile_augment=True), aug, 10, 10,
+                     cpu).views == "workers"
 
 
 def test_on_device_is_a_typed_option():
@@ -141,6 +147,31 @@ def test_device_loader_covers_the_samplers_order_and_replays(folder, tmp_path):
     val = list(val_loader)
     assert sum(len(y) for _, y in val) == 50
     assert torch.equal(torch.cat([y for _, y in val]), torch.tensor(bundle.val.targets))
+
+
+def test_compile_augment_compiles_the_loaders_augmentation(folder, tmp_path, monkeypatch):
+    """data.compile_augment=true: the training loader's augmentation is the compiled graph
+    (aot_eager here: inductor's code generation takes a minute on this CPU), same batches."""
+    from deitkit.data import gpu_aug
+    compiled = []
+
+    def fake_compile(augment, device):
+        compiled.append(device)
+        return gpu_aug.compile_augment(augment, device, backend="aot_eager")
+    monkeypatch.setattr(dd, "compile_augment", fake_compile)
+    base = [f"data.name={folder}", "data.on_device=true", f"data.cache_dir={tmp_path / 'c'}",
+            "data.batch_size=50"]
+    bundle = load_dataset(str(folder))
+    plain, _ = build_loaders(build_config("quickstart", overrides=base), bundle,
+                             torch.device("cpu"))
+    fused, _ = build_loaders(build_config("quickstart", overrides=base +
+                                          ["data.compile_augment=true"]), bundle,
+                             torch.device("cpu"))
+    assert compiled == [torch.device("cpu")] and fused.augment is not plain.augment
+    for loader in (plain, fused):
+        loader.sampler.set_epoch(2)
+    for (a, ya), (b, yb) in zip(plain, fused):
+        assert torch.equal(ya, yb) and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("on_device", [True, False])

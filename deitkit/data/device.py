@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write
 from ..config import AugConfig, ConfigError, DataConfig
-from .gpu_aug import DeviceAugment, channel_stats, device_support, item_seeds, normalize
+from .gpu_aug import (DeviceAugment, channel_stats, compile_augment, device_support,
+                      item_seeds, normalize)
 from .sampler import RepeatedAugSampler, ShardSampler
 from .sources import DataError, TransformDataset
 
@@ -45,12 +46,16 @@ class Decision:
     on_device: bool
     reason: str
     device_type: str = "cpu"
+    compiled: bool = False
 
     @property
     def views(self) -> str:
         """What produces the training views (part of a teacher store's fingerprint: the same
-        seeds give other pixels on the worker loader, and float rounding differs by device)."""
-        return f"device:{self.device_type}" if self.on_device else "workers"
+        seeds give other pixels on the worker loader, and float rounding differs by device and
+        with a compiled augmentation)."""
+        if not self.on_device:
+            return "workers"
+        return f"device:{self.device_type}" + ("+compiled" if self.compiled else "")
 
 
 def device_memory(device: torch.device) -> int:
@@ -83,14 +88,14 @@ def decide(data: DataConfig, aug: AugConfig, n_train: int, n_val: int,
             raise ConfigError(f"data.on_device=true, but {why}: raise data.device_share or set "
                               "data.on_device=auto to use the worker loader")
         return Decision(True, f"data on the {device.type}: decoded once, augmented there",
-                        device.type)
+                        device.type, data.compile_augment)
     if unsupported:
         return Decision(False, f"worker loader: {unsupported}")
     if too_big:
         return Decision(False, f"worker loader ({why})")
     return Decision(True, f"data on the {device.type} ({need / 2**20:.0f} MiB): decoded once, "
                           "augmented there (data.on_device=auto; false for the worker loader)",
-                    device.type)
+                    device.type, data.compile_augment)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +265,10 @@ def device_loaders(data: DataConfig, aug: AugConfig, train: TransformDataset,
     if len(tr.images) != len(train):
         raise DataError(f"decoded {len(tr.images)} training images, expected {len(train)}")
     images, targets = tr.images.to(device), tr.targets.to(device)
-    train_loader = DeviceTrainLoader(images, targets, sampler, data.batch_size,
-                                     DeviceAugment(aug, size, data.mean, data.std), seed)
+    augment = DeviceAugment(aug, size, data.mean, data.std)
+    if data.compile_augment:
+        augment = compile_augment(augment, device)
+    train_loader = DeviceTrainLoader(images, targets, sampler, data.batch_size, augment, seed)
     val_loader = DeviceEvalLoader(va.images.to(device), va.targets.to(device), val_indices,
                                   data.eval_batch_size, data.mean, data.std)
     return train_loader, val_loader

@@ -507,6 +507,16 @@ class DeviceAugment:
         return x
 
 
+def compile_augment(augment: DeviceAugment, device: torch.device, backend: str = "inductor"):
+    """`augment` as one compiled graph for `device` (dense form, fixed shapes: the loaders
+    drop the last partial batch): torch.compile fuses its ~1,400 small ops per batch, each a
+    kernel launch on a GPU. Whole-graph capture (no graph breaks) is tested; the constants are
+    made before capture, so the graph holds no side effects."""
+    augment.dense = True  # the sparse form's nonzero() has data-dependent shapes
+    augment.consts(device)
+    return torch.compile(augment, dynamic=False, fullgraph=True, backend=backend)
+
+
 def channel_stats(mean: Sequence[float], std: Sequence[float],
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalisation mean and std as [1, 3, 1, 1] tensors on `device` (make once, reuse: a
