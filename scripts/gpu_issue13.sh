@@ -3,8 +3,13 @@
 # time limit; what comes back is at most 8 files in $OUT (the device tool's limit).
 #
 #   PART=e2e    bash scripts/gpu_issue13.sh   # augmentation CUDA-vs-CPU check, data pipelines
-#                                             # alone, then scripts/gpu_e2e.sh (about 4 minutes)
+#                                             # alone, then scripts/gpu_e2e.sh
 #   PART=recipe BUDGET_MIN=9.5 bash scripts/gpu_issue13.sh   # scripts/gpu_recipe.sh
+#
+# Measured on one H100 (2026-11-27, commit 5f887e2): PART=e2e took 372 s of a call (STEP_TIMEOUT
+# 90; the compiled variants added since will add about 2 minutes), PART=recipe BUDGET_MIN=7.0
+# 363 s; the machine's start about 30 s. With 15 device-minutes a session fits both only with
+# the recipe at about 7 minutes: give each its own session's device time, or PART=e2e COMPILE=0.
 #
 # Expects the CIFAR-10 archive at $CIFAR_TAR (default .devdata/cifar10-jpg.tar.gz: the device
 # machine cannot see ../shared) and, if the machine lacks them, wheels in .whl/ (timm >= 1.0.25
