@@ -68,28 +68,24 @@ def main() -> None:
     g = DeviceAugment(AugConfig(crop="pad"), 32, mean, std)  # the cifar10-gpu recipe's
     big = x.to(dev).repeat(1024 // len(x) + 1, 1, 1, 1)[:1024]
     s = item_seeds(0, 0, torch.arange(1024, device=dev))
-    for _ in range(3):
-        g(big, s)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        g(big, s)
-    sync()
-    res["augment_images_per_second_b1024"] = round(20 * 1024 / (time.perf_counter() - t0))
+
+    def images_per_second(fn) -> int:  # 3 warm-up batches, then 20 timed
+        for _ in range(3):
+            fn(big, s)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            fn(big, s)
+        sync()
+        return round(20 * len(big) / (time.perf_counter() - t0))
+    res["augment_images_per_second_b1024"] = images_per_second(g)
     if a.compiled:  # data.compile_augment: the same views from one compiled graph, and its speed
         t0 = time.perf_counter()
         c = compile_augment(DeviceAugment(AugConfig(crop="pad"), 32, mean, std), dev)
         res["compiled_vs_eager"] = compare(c(big, s) * 127.5, g(big, s) * 127.5)
         res["compile_seconds"] = round(time.perf_counter() - t0, 1)
-        for _ in range(3):
-            c(big, s)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            c(big, s)
-        sync()
-        res["compiled_augment_images_per_second_b1024"] = round(20 * 1024 / (time.perf_counter() - t0))
+        res["compiled_augment_images_per_second_b1024"] = images_per_second(c)
     print(json.dumps(res, indent=1))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1) + "\n")
