@@ -91,13 +91,15 @@ def _aug_ablation_analyze(record: dict, study_dir: Path) -> dict:
                    if keep else "No single component's removal cost accuracy beyond noise. ") +
                   (f"Those that cost accuracy here: {', '.join(drop)}; try your data without "
                    "them. " if drop else "") +
-                  {1: "On data of about this size, start from the full stack.",
-                   0: "The full stack closed the gap without raising accuracy at this length: "
-                      "on data of about this size it pays only with longer training.",
-                   -1: f"The full stack cured the over-fitting but under-fit instead (clean "
-                       f"training top-1 {mean_of(gap_rows[1][1]):.1f} %): on data of about "
-                       "this size and a schedule this short, start from flips and crops, and "
-                       "add the full stack only with many more epochs."}[verdict(win)])
+                  judged(win, up="On data of about this size, start from the full stack.",
+                         same="The full stack closed the gap without raising accuracy at this "
+                              "length: on data of about this size it pays only with longer "
+                              "training.",
+                         down=f"The full stack cured the over-fitting but under-fit instead "
+                              f"(clean training top-1 {mean_of(gap_rows[1][1]):.1f} %): on "
+                              "data of about this size and a schedule this short, start from "
+                              "flips and crops, and add the full stack only with many more "
+                              "epochs."))
     else:
         advice = (f"With {n_img:,} training images the students did not over-fit even with flips "
                   f"and crops only (gap {light_gap:.1f} points): heavier augmentation has "
