@@ -294,8 +294,10 @@ class TrainConfig:
     max_skipped_steps: int = 20
     """With nonfinite=skip, stop anyway after this many skipped steps in one epoch."""
     keep_eval_checkpoints: bool = False
-    """Also keep the weights of every evaluated epoch (`checkpoint-epoch-NNN.pt`, with that
-    epoch's metrics), e.g. to pick a teacher of a given accuracy (the teacher-kind study)."""
+    """Also keep the weights of evaluated epochs (`checkpoint-epoch-NNN.pt`, with that epoch's
+    metrics) as a ladder: each new validation high at least half a point above the last kept
+    one, so every accuracy the run reached has a checkpoint within about half a point (to
+    pick a teacher of a given accuracy: the teacher-kind study)."""
     compile: bool = False
     """`torch.compile` the student's training forward (slow first step: about a minute on a
     CPU; pays off on long runs and on GPUs)."""

@@ -147,3 +147,34 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypat
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
     assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
+
+
+def test_kept_epoch_checkpoints_are_a_ladder_of_half_point_highs(tmp_path, monkeypatch):
+    # scripted validation accuracies: only new highs at least 0.5 points above the last kept
+    # checkpoint are kept (epoch 1; 3: +0.6; 5: +0.8 over epoch 3; not 2, 4, 6: below or
+    # less than half a point up), and the ladder survives an interrupted, resumed run
+    accs = iter([0.300, 0.290, 0.306, 0.310, 0.314, 0.316, 0.330])
+    real = train_mod.evaluate
+
+    def scripted(*args, **kwargs):
+        return {**real(*args, **kwargs), "fused_top1": next(accs)}
+    monkeypatch.setattr(train_mod, "evaluate", scripted)
+    args = ["epochs=7", "distill.kind=none", "keep_eval_checkpoints=true", "eval_every=1",
+            "ema.enabled=false", "eval_train_images=0", "model.name=deit_tiny_patch16_224"]
+    real_epoch = train_mod.train_one_epoch
+
+    def dies_in_epoch_5(*a, **kw):
+        if a[3] == 4:
+            raise KeyboardInterrupt
+        return real_epoch(*a, **kw)
+    monkeypatch.setattr(train_mod, "train_one_epoch", dies_in_epoch_5)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(out, *args))
+    monkeypatch.setattr(train_mod, "train_one_epoch", real_epoch)
+    train(_cfg(out, *args), resume=True)
+    kept = sorted(p.name for p in out.glob("checkpoint-epoch-*.pt"))
+    assert kept == ["checkpoint-epoch-001.pt", "checkpoint-epoch-003.pt",
+                    "checkpoint-epoch-005.pt", "checkpoint-epoch-007.pt"]
+    assert torch.load(out / "checkpoint-epoch-005.pt",
+                      weights_only=True)["metrics"]["fused_top1"] == pytest.approx(0.314)

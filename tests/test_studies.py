@@ -393,5 +393,11 @@ def test_every_run_of_every_budget_is_a_valid_configuration(name, budget, tmp_pa
             cfg = build_config(spec.recipe or b.recipe,
                                overrides=runner.common(0, tmp_path / spec.name) + spec.overrides)
             if name in ("aug-strength", "aug-ablation") and b.overfit_fraction:
-                assert cfg.data.train_fraction == b.overfit_fraction
-                assert cfg.epochs == b.overfit_epochs > b.epochs
+                assert cfg.data.train_fraction == b.overfit_fraction < b.train_fraction
+                assert cfg.epochs == b.overfit_epochs
+            elif name not in ("aug-strength", "aug-ablation"):
+                # the distillation studies' students: the budget's stack (quick: light, with
+                # no mixing; the others the full DeiT stack)
+                light = b.distill_stack == "light"
+                assert (cfg.aug.mixup, cfg.aug.repeated_aug) == ((0, 1) if light else (0.8, 3))
+                assert cfg.aug.rand_augment == "rand-m9-mstd0.5-inc1"

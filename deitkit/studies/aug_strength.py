@@ -3,19 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import FULL_DEIT, Budget, RunSpec, Study, overfit_args, student_args
+from .spec import FULL_DEIT, WEAK_BASE, Budget, RunSpec, Study, overfit_args, student_args
 from .stats import (agg, chance_note, claim, curve_series, gap, judged, mean_of, metric,
                     overfits, paired, pct, pts, runs_of)
 
 
 MAGNITUDES = (0, 5, 9, 14)
-# RandAugment alone on flips and crops: with Mixup, CutMix, erasing, repeated augmentation
-# and stochastic depth also on, a DeiT-Tiny did not over-fit 1,000 CIFAR-10 images in 80
-# epochs at magnitude 0 (clean training top-1 32.5 %, validation 29.1 %; without the mixing
-# 42.6 % and 31.4 %: measured), so the magnitude had little to cure; without them it is the
-# one regulariser that varies
-WEAK_BASE = ["aug.mixup=0", "aug.cutmix=0", "aug.reprob=0", "aug.repeated_aug=1",
-             "model.drop_path=0"]
+# RandAugment alone on flips and crops (WEAK_BASE): with Mixup, CutMix, erasing, repeated
+# augmentation and stochastic depth also on, a DeiT-Tiny did not over-fit 1,000 CIFAR-10 images
+# in 80 epochs at magnitude 0 (clean training top-1 32.5 %, validation 29.1 %; without the
+# mixing 42.6 % and 31.4 %: measured), so the magnitude had little to cure; without them it is
+# the one regulariser that varies
 
 
 def _aug_strength_runs(b: Budget) -> list:

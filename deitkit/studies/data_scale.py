@@ -5,7 +5,7 @@ import math
 from typing import Optional
 from pathlib import Path
 
-from .spec import FULL_DEIT, Budget, RunSpec, Study, cnn_teacher, epoch_args, student_args
+from .spec import Budget, RunSpec, Study, cnn_teacher, distill_aug, epoch_args, student_args
 from .stats import (agg, chance_note, claim, converged, judged, mean_of, metric, paired, pts,
                     runs_of)
 
@@ -21,10 +21,10 @@ def _data_scale_runs(b: Budget) -> list:
         runs += [RunSpec(f"cnn-f{f:g}", {"fraction": f, "model": "CNN"}, role="teacher",
                          teacher=cnn),
                  RunSpec(f"vit-f{f:g}", {"fraction": f, "model": "ViT"},
-                         [*student_args(b, False), *FULL_DEIT, "distill.kind=none",
+                         [*student_args(b, False), *distill_aug(b), "distill.kind=none",
                           f"data.train_fraction={f}", *e]),
                  RunSpec(f"distilled-f{f:g}", {"fraction": f, "model": "distilled ViT"},
-                         [*student_args(b, True), *FULL_DEIT, "distill.kind=hard",
+                         [*student_args(b, True), *distill_aug(b), "distill.kind=hard",
                           f"data.train_fraction={f}", *e], teacher=cnn)]
     return runs
 

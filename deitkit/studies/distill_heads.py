@@ -9,7 +9,7 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data import DataError
 from .gallery import disagreement_gallery
-from .spec import FULL_DEIT, Budget, RunSpec, Study, cnn_teacher, student_args
+from .spec import Budget, RunSpec, Study, cnn_teacher, distill_aug, student_args
 from .stats import (chance_note, claim, converged, judged, mean_of, metric, paired, pts, runs_of,
                     verdict)
 
@@ -25,9 +25,9 @@ HEAD_RUNS = [("no-distill", "no distillation (DeiT without dist. token)"),
 
 def _distill_heads_runs(b: Budget) -> list:
     t = cnn_teacher(b, b.train_fraction)
-    base = [*student_args(b, True), *FULL_DEIT]
+    base = [*student_args(b, True), *distill_aug(b)]
     return [RunSpec("no-distill", {"setting": HEAD_RUNS[0][1]},
-                    [*student_args(b, False), *FULL_DEIT, "distill.kind=none"]),
+                    [*student_args(b, False), *distill_aug(b), "distill.kind=none"]),
             RunSpec("class-only", {"setting": HEAD_RUNS[1][1]},
                     [*base, "distill.kind=none", "distill.heads=cls"]),
             RunSpec("dist-only", {"setting": HEAD_RUNS[2][1]},

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 
 @dataclass
@@ -41,6 +41,10 @@ class Budget:
     """Their epochs at `overfit_fraction` (None: `epochs`)."""
     overfit_eval_every: Optional[int] = None
     """Their evaluation interval (None: `eval_every`)."""
+    distill_stack: Literal["full", "light"] = "full"
+    """Augmentation of the distillation studies' students and ViT teachers (distill-heads,
+    teacher-kind, data-scale): `full` (FULL_DEIT) or `light` (LIGHT_DEIT: RandAugment m9 on
+    flips and crops, label smoothing; the stack that converges within the quick budget)."""
 
     def epochs_for(self, fraction: float, epochs: Optional[int] = None) -> int:
         """Epochs at another fraction with about the same number of optimiser steps (capped at
@@ -57,18 +61,20 @@ BUDGETS = {
                    scale_fractions=(0.125, 0.25, 0.5), recipe="quickstart"),
     # CIFAR-10 on 2 CPU cores, each study within about 45 minutes (docs/studies/README.md has
     # the measured times and regimes). The augmentation studies run where weak augmentation
-    # over-fits (500 images, 160 epochs); the others run 2,500 images for 120 epochs, long
-    # enough (cosine schedule) for validation to settle (at 5,000 images x 20 epochs it still
-    # rose 2.3 points over the last 8 epochs: measured), evaluated every 10 so that the last
-    # quarter (epochs 90-120) starts at an evaluation. Teachers 60 epochs: at 6 the ResNet-18
-    # reached 29.2 % on 2,500 images, below its students (33 %), and hard distillation from
-    # it cost 4 points (measured); 60 is not measured yet. teacher-kind's two fractions each
-    # cost two teachers and two students
-    "quick": Budget("quick", None, epochs=120, train_fraction=0.05, img_size=32, patch_size=8,
-                    depth=6, batch_size=64, teacher_epochs=60, eval_train_images=1000,
-                    eval_every=10, num_workers=2, fractions=(0.02, 0.05),
-                    scale_fractions=(0.01, 0.03, 0.1), recipe="small-data-cpu",
-                    overfit_fraction=0.01, overfit_epochs=160, overfit_eval_every=20),
+    # over-fits (500 images, 160 epochs). The others need converged students (validation
+    # moving under 1 point over the last quarter): with the full DeiT stack, 2,500 images x
+    # 120 epochs still moved 2.5 points and the full stack under-fit 500 images x 160 epochs
+    # (clean training 32.7 %), while RandAugment m9 on flips and crops settled there (moved
+    # 0.7-1.0): measured. So they run the light stack on 1,000 images x 160 epochs, evaluated
+    # every 20 (the last quarter starts at an evaluation); fraction sweeps keep the steps.
+    # Teachers 100 epochs (at 6 the ResNet-18 reached 29.2 % on 2,500 images, below its
+    # students, and hard distillation from it cost 4 points; 60 reached 58.8 %: measured)
+    "quick": Budget("quick", None, epochs=160, train_fraction=0.02, img_size=32, patch_size=8,
+                    depth=6, batch_size=64, teacher_epochs=100, eval_train_images=1000,
+                    eval_every=20, num_workers=2, fractions=(0.01, 0.03),
+                    scale_fractions=(0.005, 0.015, 0.05), recipe="small-data-cpu",
+                    overfit_fraction=0.01, overfit_epochs=160, overfit_eval_every=20,
+                    distill_stack="light"),
     # one GPU, each study within about 5 minutes with 3 seeds (--seeds 3), the data on the
     # device (data.on_device=auto picks it for CIFAR-10). Planned from issue 13's step
     # measurements (DeiT-Tiny at 32 px: 6,000-30,000 images/s on an H100); not yet run
@@ -130,6 +136,16 @@ class Study:
 FULL_DEIT = ["aug.stack=deit", "aug.rand_augment=rand-m9-mstd0.5-inc1", "aug.mixup=0.8",
              "aug.cutmix=1.0", "aug.reprob=0.25", "aug.repeated_aug=3", "model.drop_path=0.1",
              "aug.smoothing=0.1"]
+# the full stack without the mixing, erasing, repeated augmentation and stochastic depth: the
+# weakly regularised base of aug-strength, and the distillation studies' light stack
+WEAK_BASE = ["aug.mixup=0", "aug.cutmix=0", "aug.reprob=0", "aug.repeated_aug=1",
+             "model.drop_path=0"]
+LIGHT_DEIT = [*FULL_DEIT, *WEAK_BASE]
+
+
+def distill_aug(b: Budget) -> list[str]:
+    """The augmentation of the distillation studies' students and ViT teachers at `b`."""
+    return LIGHT_DEIT if b.distill_stack == "light" else FULL_DEIT
 
 
 def student_args(b: Budget, distilled: bool) -> list[str]:
@@ -166,7 +182,9 @@ def matched_cnn_teacher(b: Budget, fraction: float, other: TeacherSpec) -> Teach
     """A CNN teacher evaluated and kept every epoch, used at the epoch whose accuracy is
     closest to `other`'s (the ViT teacher): a comparison at matched teacher accuracy."""
     t = cnn_teacher(b, fraction)
-    return TeacherSpec(t.model, t.kind, t.recipe, (*t.overrides, "eval_every=1",
+    # about 50 evaluations (of the whole validation set) per teacher run, whatever its length
+    every = max(1, round(b.epochs_for(fraction, b.teacher_epochs) / 50))
+    return TeacherSpec(t.model, t.kind, t.recipe, (*t.overrides, f"eval_every={every}",
                                                    "keep_eval_checkpoints=true"),
                        label=f"{t.label}, matched", match=other)
 
@@ -177,4 +195,5 @@ def vit_teacher(b: Budget, fraction: float) -> TeacherSpec:
     return TeacherSpec("deit_tiny_patch16_224", "vit", b.recipe, (
         f"data.train_fraction={fraction}", *epoch_args(b, fraction, 2 * b.epochs),
         f"model.patch_size={b.patch_size}", f"model.overrides={{depth: {b.depth}}}",
-        "distill.kind=none", *FULL_DEIT, "optim.warmup_epochs=2"), label=f"DeiT @ {fraction:g}")
+        "distill.kind=none", *distill_aug(b), "optim.warmup_epochs=2"),
+        label=f"DeiT @ {fraction:g}")

@@ -5,7 +5,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .spec import (FULL_DEIT, Budget, RunSpec, Study, epoch_args, matched_cnn_teacher,
+from .spec import (Budget, RunSpec, Study, distill_aug, epoch_args, matched_cnn_teacher,
                    student_args, vit_teacher)
 from .stats import (MATCHED_POINTS, agg, chance_note, claim, converged, judged, mean_of, metric,
                     pts, runs_of)
@@ -17,7 +17,7 @@ def _teacher_kind_runs(b: Budget) -> list:
         # the CNN is used at the epoch whose accuracy is closest to the ViT teacher's best
         vit = vit_teacher(b, f)
         cnn = matched_cnn_teacher(b, f, vit)
-        student = [*student_args(b, True), *FULL_DEIT, "distill.kind=hard",
+        student = [*student_args(b, True), *distill_aug(b), "distill.kind=hard",
                    f"data.train_fraction={f}", *epoch_args(b, f, b.epochs)]
         runs += [RunSpec(f"cnn-teacher-f{f:g}", {"fraction": f, "teacher": "cnn"}, role="teacher",
                          teacher=cnn),
