@@ -94,8 +94,17 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
               f"{mean_of(teacher):.1f}% moved the distilled student by {pts(vs_none)} against "
               f"no distillation and by {pts(vs_class)} against the class token alone. "
               if n_img else "") + (
-        "On data like this, train the distilled student with both tokens and predict with the "
-        "fused heads: " + ("fusion beat either head here. " if verdict(second) > 0 else
+        judged(vs_none,
+               up="Distillation paid here: on data like this, train the distilled student with "
+                  "both tokens and predict with the fused heads: ",
+               same="Distillation did not pay beyond noise here, and it costs a teacher forward "
+                    "pass every step: distil only with a teacher well above your student on "
+                    "the views it trains on (a teacher that fits the training images hands "
+                    "back nearly their own labels), and then train with both tokens and predict "
+                    "with the fused heads: ",
+               down="Distillation cost accuracy here: on data like this, train without a "
+                    "teacher or find a better one; if you distil, train with both tokens and "
+                    "predict with the fused heads: ") + ("fusion beat either head here. " if verdict(second) > 0 else
                            "fusion cost nothing here, though it did not beat the better head "
                            "beyond noise. " if verdict(second) == 0 else
                            f"here the better single head ({single.split('_')[0]}) beat fusion, "
