@@ -10,8 +10,7 @@ from ..config import ConfigError
 from ..data import DataError
 from .gallery import disagreement_gallery
 from .spec import Budget, RunSpec, Study, cnn_teacher, distill_aug, student_args
-from .stats import (chance_note, claim, converged, judged, mean_of, metric, paired, pts, runs_of,
-                    verdict)
+from .stats import chance_note, claim, converged, judged, mean_of, metric, paired, pts, runs_of
 
 log = logging.getLogger(__name__)
 
@@ -90,28 +89,30 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
     teacher = metric(record, "both-hard", "teacher_top1")
     state = ("trained to convergence" if testable else
              "stopped before converging (" + regime.split(": ", 1)[-1] + ")")
+    lead = judged(
+        vs_none,
+        up="Distillation paid here: on data like this, train the distilled student with both "
+           "tokens and predict with the fused heads: ",
+        same="Distillation did not pay beyond noise here, and it costs a teacher forward pass "
+             "every step: distil only with a teacher well above your student on the views it "
+             "trains on (a teacher that fits the training images hands back nearly their own "
+             "labels), and then train with both tokens and predict with the fused heads: ",
+        down="Distillation cost accuracy here: on data like this, train without a teacher or "
+             "find a better one; if you distil, train with both tokens and predict with the "
+             "fused heads: ")
+    fusion = judged(second, up="fusion beat either head here. ",
+                    same="fusion cost nothing here, though it did not beat the better head "
+                         "beyond noise. ",
+                    down=f"here the better single head ({single.split('_')[0]}) beat fusion, "
+                         "so check both heads on your validation set. ")
+    kind = judged(hard_soft, up="Prefer hard distillation.",
+                  same="Hard and soft distillation were within noise here; hard is the cheaper "
+                       "default.",
+                  down="Soft distillation won here; try it on your data.")
     advice = (f"With {n_img:,} training images, students {state}, a CNN teacher at "
               f"{mean_of(teacher):.1f}% moved the distilled student by {pts(vs_none)} against "
               f"no distillation and by {pts(vs_class)} against the class token alone. "
-              if n_img else "") + (
-        judged(vs_none,
-               up="Distillation paid here: on data like this, train the distilled student with "
-                  "both tokens and predict with the fused heads: ",
-               same="Distillation did not pay beyond noise here, and it costs a teacher forward "
-                    "pass every step: distil only with a teacher well above your student on "
-                    "the views it trains on (a teacher that fits the training images hands "
-                    "back nearly their own labels), and then train with both tokens and predict "
-                    "with the fused heads: ",
-               down="Distillation cost accuracy here: on data like this, train without a "
-                    "teacher or find a better one; if you distil, train with both tokens and "
-                    "predict with the fused heads: ") + ("fusion beat either head here. " if verdict(second) > 0 else
-                           "fusion cost nothing here, though it did not beat the better head "
-                           "beyond noise. " if verdict(second) == 0 else
-                           f"here the better single head ({single.split('_')[0]}) beat fusion, "
-                           "so check both heads on your validation set. ") +
-        ("Prefer hard distillation." if verdict(hard_soft) > 0 else
-         "Hard and soft distillation were within noise here; hard is the cheaper default."
-         if verdict(hard_soft) == 0 else "Soft distillation won here; try it on your data."))
+              if n_img else "") + lead + fusion + kind
     gallery, gallery_error = [], None
     if hard_runs and not Path(hard_runs[0]["run_dir"]).is_dir() and record.get("gallery"):
         gallery = record["gallery"]["items"]  # re-analysed elsewhere: keep the drawn gallery
