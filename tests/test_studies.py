@@ -423,3 +423,23 @@ def test_distill_heads_advice_follows_distillation_against_no_teacher(tmp_path, 
     res = S["distill-heads"].analyze(record, tmp_path)
     assert res["advice"].count(advice) == 1
     assert ("train the distilled student" in res["advice"]) == (lift > 0)
+
+
+@pytest.mark.parametrize("lift, advice", [
+    (0.0, "did not lift it beyond noise"),  # the quick budget, recorded (-0.75 at 1,000 images)
+    (0.05, "distil a ViT from a CNN"),      # the distilled ViT 5 points higher at every size
+    (-0.05, "train it on labels: distillation from this CNN cost it"),
+])
+def test_data_scale_advice_follows_the_distillation_effect(tmp_path, lift, advice):
+    """data-scale recommends distilling a ViT only where distillation lifted it (at the quick
+    budget it did not), not whatever the numbers."""
+    from deitkit.studies.catalog import STUDIES as S
+    record = json.loads((Path(__file__).parents[1] / "docs/studies/data-scale-quick"
+                         / "results.json").read_text())
+    for r in record["runs"]:
+        r["run_dir"] = str(tmp_path / "gone" / r["name"])
+        if r["name"].startswith("distilled-"):
+            r["summary"]["fused_top1"] += lift
+    res = S["data-scale"].analyze(record, tmp_path)
+    assert advice in res["advice"]
+    assert ("distil a ViT from a CNN" in res["advice"]) == (lift > 0)

@@ -101,8 +101,14 @@ def _data_scale_analyze(record: dict, study_dir: Path) -> dict:
               f"ViT from {dis[0]:.1f}% to {dis[-1]:.1f}%. With about {xs[-1]:,} images of your "
               f"own, the {best[0]} is the one to start from" +
               (f"; below about {x_vit:,.0f} images prefer the CNN." if x_vit is not None else
-               "; " + ("distill a ViT from a CNN if you want a ViT at this size."
-                       if best[0] != "ViT" else "the ViT already leads here.")))
+               "; " + ("the ViT already leads here." if best[0] == "ViT" else judged(
+                   d1, up=f"distil a ViT from a CNN if you want a ViT at this size (it added "
+                          f"{pts(d1)} here).",
+                   same="if you want a ViT at this size, distillation from this CNN did not "
+                        "lift it beyond noise here: train it on labels, or distil from a "
+                        "stronger teacher.",
+                   down=f"if you want a ViT at this size, train it on labels: distillation "
+                        f"from this CNN cost it {pts(d1)} here."))))
     return {
         "tables": [{"title": "Accuracy against training-set size",
                     "columns": ["fraction", "train images", f"CNN ({SCALE_CNN})", "ViT (DeiT-Tiny)",

@@ -85,13 +85,16 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
     a0 = mean_of(adv[at])
     advice = (f"At {rows[at][1]:,} training images, with teachers at {mean_of(rows[at][2]):.1f}% "
               f"(CNN) and {mean_of(rows[at][3]):.1f}% (ViT), the CNN teacher's student was "
-              f"{a0:+.2f} points ahead. " + (
-                  "So on data of this size, prefer a CNN teacher, even over a ViT teacher as "
-                  "accurate: its convolutional bias is what the student cannot get from its "
-                  "own data." if claims[0]["status"] == "supported" else
-                  "Here the kind of teacher mattered less than the noise or the regime allows "
-                  "to tell; on your data, pick the most accurate teacher you can afford "
-                  "(teacher accuracy moved students in every study here)."))
+              f"{a0:+.2f} points ahead. " + {
+                  "supported": "So on data of this size, prefer a CNN teacher, even over a ViT "
+                               "teacher as accurate: its convolutional bias is what the student "
+                               "cannot get from its own data.",
+                  "refuted": "Here the ViT teacher's student was ahead beyond noise: the CNN's "
+                             "convolutional bias did not pay at this size; on your data, pick "
+                             "the most accurate teacher you can afford, whatever its kind.",
+              }.get(claims[0]["status"],
+                    "Here the kind of teacher mattered less than the noise or the regime allows "
+                    "to tell; on your data, pick the most accurate teacher you can afford."))
     findings = chance_note(record) + [
         (f"The CNN and ViT teachers differed by {min(tgap):.2f} to {max(tgap):.2f} points of "
          "validation top-1 across fractions (positive: the CNN was better; see the table), so "
