@@ -443,3 +443,28 @@ def test_data_scale_advice_follows_the_distillation_effect(tmp_path, lift, advic
     res = S["data-scale"].analyze(record, tmp_path)
     assert advice in res["advice"]
     assert ("distil a ViT from a CNN" in res["advice"]) == (lift > 0)
+
+
+@pytest.mark.parametrize("lift, status, advice", [
+    (0.0, "not shown at this budget", "mattered less than the noise"),  # recorded: -0.35
+    (0.05, "supported", "prefer a CNN teacher"),
+    (-0.05, "refuted", "the ViT teacher's student was ahead beyond noise"),
+])
+def test_teacher_kind_advice_follows_the_verdict(tmp_path, lift, status, advice):
+    """teacher-kind's advice follows its first claim's verdict: prefer a CNN teacher only when
+    its students won beyond noise, and say so when the ViT teacher's did (the recorded quick
+    runs, with every student's last quarter made flat so the claim is judged)."""
+    from deitkit.studies.catalog import STUDIES as S
+    record = json.loads((Path(__file__).parents[1] / "docs/studies/teacher-kind-quick"
+                         / "results.json").read_text())
+    for r in record["runs"]:
+        r["run_dir"] = str(tmp_path / "gone" / r["name"])
+        if r["name"].startswith("student-"):
+            if r["name"].startswith("student-cnn"):
+                r["summary"]["fused_top1"] += lift
+            v = r["summary"]["fused_top1"]
+            r["curve"] = [{"epoch": 1, "fused_top1": v - 0.1}, {"epoch": 3, "fused_top1": v},
+                          {"epoch": 4, "fused_top1": v}]
+    res = S["teacher-kind"].analyze(record, tmp_path)
+    assert res["claims"][0]["status"] == status
+    assert advice in res["advice"]
