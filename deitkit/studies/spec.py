@@ -184,8 +184,9 @@ def cnn_teacher(b: Budget, fraction: float, model: str = "resnet18") -> TeacherS
 
 
 def matched_cnn_teacher(b: Budget, fraction: float, other: TeacherSpec) -> TeacherSpec:
-    """A CNN teacher evaluated and kept every epoch, used at the epoch whose accuracy is
-    closest to `other`'s (the ViT teacher): a comparison at matched teacher accuracy."""
+    """A CNN teacher evaluated about 50 times and kept at each new half-point high, used at
+    the checkpoint whose accuracy is closest to `other`'s (the ViT teacher): a comparison at
+    matched teacher accuracy."""
     t = cnn_teacher(b, fraction)
     # about 50 evaluations (of the whole validation set) per teacher run, whatever its length
     every = max(1, round(b.epochs_for(fraction, b.teacher_epochs) / 50))
