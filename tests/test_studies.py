@@ -403,6 +403,16 @@ def test_every_run_of_every_budget_is_a_valid_configuration(name, budget, tmp_pa
                 assert cfg.aug.rand_augment == "rand-m9-mstd0.5-inc1"
 
 
+def _committed_record(report: str, tmp_path) -> dict:
+    """The results.json of a committed report in docs/studies/, re-analysed as if copied from
+    another machine (its run folders absent)."""
+    record = json.loads((Path(__file__).parents[1] / "docs/studies" / report
+                         / "results.json").read_text())
+    for r in record["runs"]:
+        r["run_dir"] = str(tmp_path / "gone" / r["name"])
+    return record
+
+
 @pytest.mark.parametrize("lift, advice", [
     (0.0, "Distillation did not pay beyond noise"),  # the quick budget, recorded (-0.46 ± 0.64)
     (0.04, "Distillation paid here"),                 # the distilled students 4 points higher
@@ -411,13 +421,9 @@ def test_distill_heads_advice_follows_distillation_against_no_teacher(tmp_path, 
     """The advice recommends a teacher only when distillation beat the DeiT without one: at
     the quick budget (converged, light stack) it did not, and the advice must not then say
     'train the distilled student'."""
-    import copy
     from deitkit.studies.catalog import STUDIES as S
-    record = json.loads((Path(__file__).parents[1] / "docs/studies/distill-heads-quick"
-                         / "results.json").read_text())
-    record = copy.deepcopy(record)
+    record = _committed_record("distill-heads-quick", tmp_path)
     for r in record["runs"]:
-        r["run_dir"] = str(tmp_path / "gone" / r["name"])  # re-analysed elsewhere
         if r["name"] == "both-hard":
             r["summary"]["fused_top1"] += lift
     res = S["distill-heads"].analyze(record, tmp_path)
@@ -434,10 +440,8 @@ def test_data_scale_advice_follows_the_distillation_effect(tmp_path, lift, advic
     """data-scale recommends distilling a ViT only where distillation lifted it (at the quick
     budget it did not), not whatever the numbers."""
     from deitkit.studies.catalog import STUDIES as S
-    record = json.loads((Path(__file__).parents[1] / "docs/studies/data-scale-quick"
-                         / "results.json").read_text())
+    record = _committed_record("data-scale-quick", tmp_path)
     for r in record["runs"]:
-        r["run_dir"] = str(tmp_path / "gone" / r["name"])
         if r["name"].startswith("distilled-"):
             r["summary"]["fused_top1"] += lift
     res = S["data-scale"].analyze(record, tmp_path)
@@ -455,10 +459,8 @@ def test_teacher_kind_advice_follows_the_verdict(tmp_path, lift, status, advice)
     its students won beyond noise, and say so when the ViT teacher's did (the recorded quick
     runs, with every student's last quarter made flat so the claim is judged)."""
     from deitkit.studies.catalog import STUDIES as S
-    record = json.loads((Path(__file__).parents[1] / "docs/studies/teacher-kind-quick"
-                         / "results.json").read_text())
+    record = _committed_record("teacher-kind-quick", tmp_path)
     for r in record["runs"]:
-        r["run_dir"] = str(tmp_path / "gone" / r["name"])
         if r["name"].startswith("student-"):
             if r["name"].startswith("student-cnn"):
                 r["summary"]["fused_top1"] += lift
