@@ -122,6 +122,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs/studies",
                    help="folder of study folders and shared teachers (default runs/studies)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process on the same device "
+                        "(teachers first, then students); the CPU threads are split between "
+                        "them (default 1)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="applied to every run of the study, e.g. data.num_workers=12")
 
@@ -284,7 +288,7 @@ def _main(argv: Optional[list[str]] = None) -> int:
         if args.command == "study":
             cmd = "deitkit " + " ".join(argv)
             run_study(args.name, args.data, args.budget, args.seeds, args.root, args.device,
-                      command=cmd, overrides=tuple(args.overrides))
+                      command=cmd, overrides=tuple(args.overrides), jobs=args.jobs)
             return 0
         if args.command == "bench":
             bcfg = BenchConfig(**{f.name: getattr(args, f.name)

@@ -4,9 +4,11 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from deitkit.cli import main
 from deitkit.config import ConfigError
+from deitkit.data import DataError
 from deitkit.report import fmt, write_report
 from deitkit.studies import STUDIES, run_study
 from deitkit.checkpoint import CheckpointError
@@ -160,6 +162,45 @@ def test_finished_run_with_another_configuration_is_refused(root):
     run_study("aug-strength", budget="tiny", root=root, device="cpu", log=lines.append,
               overrides=("data.num_workers=1",))
     assert sum("(finished before)" in line for line in lines) == 4
+
+
+def test_parallel_jobs_train_the_same_runs_as_one_at_a_time(tmp_path):
+    # teacher-kind has every dependency: ViT teachers, CNN teachers matched to them, students
+    # of both. One thread per run both ways, so the runs must agree bit for bit.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        seq = run_study("teacher-kind", budget="tiny", root=tmp_path / "seq", device="cpu",
+                        log=lambda *a: None)
+        torch.set_num_threads(2)  # split between 2 jobs: 1 each
+        lines = []
+        par = run_study("teacher-kind", budget="tiny", root=tmp_path / "par", device="cpu",
+                        log=lines.append, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (seq, par))
+    assert [(r["name"], r["seed"]) for r in a["runs"]] == [(r["name"], r["seed"]) for r in b["runs"]]
+    for ra, rb in zip(a["runs"], b["runs"]):
+        assert ra["curve"] == rb["curve"] and ra["curve"], ra["name"]
+        assert ra["summary"]["fused_top1"] == rb["summary"]["fused_top1"]
+    for r in b["runs"]:  # the CNN teacher's students load its matched epoch, as when alone
+        if r["name"].startswith("student-cnn"):
+            assert "checkpoint-epoch-" in (Path(r["run_dir"]) / "config.yaml").read_text()
+    assert len(b["teachers_trained"]) == len(a["teachers_trained"]) == 4
+    assert not b["teachers_reused"]
+    assert "4 teacher(s), then 4 run(s), 2 at a time (1 CPU thread(s) each)" in lines
+    assert sum(line.startswith("  finished ") for line in lines) == 8
+    assert not any("(finished before)" in line for line in lines)
+
+
+def test_a_failed_parallel_run_names_itself(tmp_path):
+    # the worker's error, of its own type (the CLI reports it as such), naming the run
+    with pytest.raises(DataError, match=r"study run 'resnet18 @ 0.25' seed 0: unknown dataset "
+                                        r"'.*no-such-data'"):
+        run_study("distill-heads", data=str(tmp_path / "no-such-data"), budget="tiny",
+                  root=tmp_path, device="cpu", log=lambda *a: None, jobs=2)
+    with pytest.raises(ConfigError, match="--jobs must be at least 1, got 0"):
+        run_study("aug-strength", budget="tiny", root=tmp_path, jobs=0)
 
 
 def test_teachers_are_keyed_and_never_duplicated(root):
