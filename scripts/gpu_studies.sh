@@ -3,14 +3,17 @@
 # each under its own time limit, in one call on one GPU; then their reports. Studies that do
 # not finish in time keep their finished runs (a rerun resumes them).
 #
-#   OUT=/tmp/studies STUDY_LIMIT=300 bash scripts/gpu_studies.sh [study ...]
+#   OUT=/tmp/studies STUDY_LIMIT=300 JOBS=4 bash scripts/gpu_studies.sh [study ...]
+#
+# JOBS runs share the GPU at once (`deitkit study --jobs`): at 32 px a DeiT-Tiny run alone is
+# launch-bound and leaves the GPU mostly idle. JOBS=4 is a plan, not yet measured on a GPU.
 #
 # Default order: aug-strength aug-ablation distill-heads data-scale teacher-kind. Copy
 # $OUT/<study>-gpu-cifar10/ (results.json, report.md, report.html, PNGs) into docs/studies/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/deitkit-studies}; mkdir -p "$OUT"; PY=${PY:-python3}
-STUDY_LIMIT=${STUDY_LIMIT:-300}; SEEDS=${SEEDS:-3}
+STUDY_LIMIT=${STUDY_LIMIT:-300}; SEEDS=${SEEDS:-3}; JOBS=${JOBS:-4}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 DATA=${DATA:-$OUT/cifar10}
 [ -d "$DATA/train" ] || { mkdir -p "$DATA"; tar xzf "${CIFAR_TAR:-../shared/data/cifar10-jpg.tar.gz}" -C "$DATA"; }
@@ -18,7 +21,7 @@ studies=("$@"); [ ${#studies[@]} -gt 0 ] || studies=(aug-strength aug-ablation d
 for s in "${studies[@]}"; do
   t0=$(date +%s)
   timeout "$STUDY_LIMIT" $PY -m deitkit study "$s" --budget gpu --seeds "$SEEDS" --data "$DATA" \
-    --root "$OUT" > "$OUT/$s.log" 2>&1
+    --root "$OUT" --jobs "$JOBS" > "$OUT/$s.log" 2>&1
   rc=$?
   echo "$s: exit $rc after $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/$s.log"
   [ -f "$OUT/$s-gpu-cifar10/report.md" ] && sed -n 1,8p "$OUT/$s-gpu-cifar10/report.md"
