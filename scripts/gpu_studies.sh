@@ -15,14 +15,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/deitkit-studies}; mkdir -p "$OUT"; PY=${PY:-python3}
 STUDY_LIMIT=${STUDY_LIMIT:-300}; SEEDS=${SEEDS:-3}; JOBS=${JOBS:-4}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-DATA=${DATA:-$OUT/cifar10}
-[ -d "$DATA/train" ] || { mkdir -p "$DATA"; tar xzf "${CIFAR_TAR:-../shared/data/cifar10-jpg.tar.gz}" -C "$DATA"; }
+DATA=${DATA:-$OUT/cifar10}; BUDGET=${BUDGET:-gpu}  # BUDGET=tiny DATA=digits: a CPU dry run
+[ "$DATA" = digits ] || [ -d "$DATA/train" ] || { mkdir -p "$DATA"; tar xzf "${CIFAR_TAR:-../shared/data/cifar10-jpg.tar.gz}" -C "$DATA"; }
 studies=("$@"); [ ${#studies[@]} -gt 0 ] || studies=(aug-strength aug-ablation distill-heads data-scale teacher-kind)
 for s in "${studies[@]}"; do
   t0=$(date +%s)
-  timeout "$STUDY_LIMIT" $PY -m deitkit study "$s" --budget gpu --seeds "$SEEDS" --data "$DATA" \
+  timeout "$STUDY_LIMIT" $PY -m deitkit study "$s" --budget "$BUDGET" --seeds "$SEEDS" --data "$DATA" \
     --root "$OUT" --jobs "$JOBS" > "$OUT/$s.log" 2>&1
   rc=$?
   echo "$s: exit $rc after $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/$s.log"
-  [ -f "$OUT/$s-gpu-cifar10/report.md" ] && sed -n 1,8p "$OUT/$s-gpu-cifar10/report.md"
+  report=$(ls "$OUT/$s-$BUDGET-"*/report.md 2>/dev/null | head -1)
+  [ -n "$report" ] && sed -n 1,8p "$report"
 done

@@ -191,6 +191,12 @@ def test_parallel_jobs_train_the_same_runs_as_one_at_a_time(tmp_path):
     assert "4 teacher(s), then 4 run(s), 2 at a time (1 CPU thread(s) each)" in lines
     assert sum(line.startswith("  finished ") for line in lines) == 8
     assert not any("(finished before)" in line for line in lines)
+    # a finished study started again with jobs trains nothing
+    lines = []
+    run_study("teacher-kind", budget="tiny", root=tmp_path / "par", device="cpu",
+              log=lines.append, jobs=2)
+    assert any(line.startswith("0 teacher(s), then 0 run(s), 2 at a time") for line in lines)
+    assert sum("(finished before)" in line for line in lines) == 4
 
 
 def test_a_failed_parallel_run_names_itself(tmp_path):

@@ -193,15 +193,17 @@ def _train_parallel(runner: StudyRunner, pairs: list, study_dir: Path, jobs: int
     """Train every unfinished teacher, then every unfinished student, of `pairs` ((RunSpec,
     seed)) in `jobs` worker processes; the sequential pass that follows finds them finished.
     A failed run stops the study (runs in flight finish; a rerun resumes the rest)."""
-    teachers = {}  # folder -> (TeacherSpec, seed): each teacher once, its match first
-    for spec, seed in pairs:
+    students = [(s, k) for s, k in pairs if s.role == "student" and not (
+        study_dir / "runs" / f"{s.name}-s{k}" / "summary.json").is_file()]
+    # the teachers the serial pass would train (none for finished students), each once, a
+    # matched teacher's reference first: folder -> (TeacherSpec, seed)
+    teachers = {}
+    for spec, seed in [p for p in pairs if p[0].role == "teacher"] + students:
         t = spec.teacher
         for ts in ([] if t is None else [t.match, t] if t.match else [t]):
             out = runner.teacher_path(ts, seed)
             if not (out / "summary.json").is_file():
                 teachers.setdefault(out, (ts, seed))
-    students = [(s, k) for s, k in pairs if s.role == "student" and not (
-        study_dir / "runs" / f"{s.name}-s{k}" / "summary.json").is_file()]
     setup = (runner.root, runner.data, runner.budget, runner.device, tuple(runner.extra))
     threads = max(1, torch.get_num_threads() // jobs)
     log(f"{len(teachers)} teacher(s), then {len(students)} run(s), {jobs} at a time "
