@@ -479,7 +479,7 @@ def test_distill_heads_advice_follows_distillation_against_no_teacher(tmp_path, 
 
 
 @pytest.mark.parametrize("lift, advice", [
-    (0.0, "did not lift it beyond noise"),  # the quick budget, recorded (-0.75 at 1,000 images)
+    (0.0, "did not lift it beyond noise"),  # the quick budget, recorded (+0.91 ± 0.29 at 250)
     (0.05, "distil a ViT from a CNN"),      # the distilled ViT 5 points higher at every size
     (-0.05, "train it on labels: distillation from this CNN cost it"),
 ])
@@ -497,9 +497,10 @@ def test_data_scale_advice_follows_the_distillation_effect(tmp_path, lift, advic
 
 
 @pytest.mark.parametrize("lift, status, advice", [
-    (0.0, "not shown at this budget", "mattered less than the noise"),  # recorded: -0.35
-    (0.05, "supported", "prefer a CNN teacher"),
-    (-0.05, "refuted", "the ViT teacher's student was ahead beyond noise"),
+    # recorded at 250 images: +1.68 ± 2.31 points (2 seeds), so the noise is 4.62 points
+    (0.0, "not shown at this budget", "mattered less than the noise"),
+    (0.08, "supported", "prefer a CNN teacher"),
+    (-0.08, "refuted", "the ViT teacher's student was ahead beyond noise"),
 ])
 def test_teacher_kind_advice_follows_the_verdict(tmp_path, lift, status, advice):
     """teacher-kind's advice follows its first claim's verdict: prefer a CNN teacher only when
