@@ -36,6 +36,11 @@ from .catalog import STUDIES
 from .spec import BUDGETS, Budget, RunSpec, TeacherSpec
 
 
+def run_dir(study_dir: Path, name: str, seed: int) -> Path:
+    """The folder of a study's student run `name` at `seed` (finished once summary.json is in)."""
+    return study_dir / "runs" / f"{name}-s{seed}"
+
+
 def _read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -119,7 +124,7 @@ class StudyRunner:
         if spec.role == "teacher":
             out = self.teacher_dir(spec.teacher, seed)
             return {**collect_run(out), "run_dir": str(out)}
-        out = study_dir / "runs" / f"{spec.name}-s{seed}"
+        out = run_dir(study_dir, spec.name, seed)
         finished = (out / "summary.json").is_file()
         overrides = self.common(seed, out) + list(spec.overrides)
         if spec.teacher is not None:  # a finished run needs its teacher's name, not the teacher
@@ -189,12 +194,13 @@ def _naming_run(e: Exception, run: str) -> Exception:
         return RuntimeError(f"{run} failed: {type(e).__name__}: {e}")
 
 
-def _train_parallel(runner: StudyRunner, pairs: list, study_dir: Path, jobs: int, log) -> None:
-    """Train every unfinished teacher, then every unfinished student, of `pairs` ((RunSpec,
-    seed)) in `jobs` worker processes; the sequential pass that follows finds them finished.
-    A failed run stops the study (runs in flight finish; a rerun resumes the rest)."""
-    students = [(s, k) for s, k in pairs if s.role == "student" and not (
-        study_dir / "runs" / f"{s.name}-s{k}" / "summary.json").is_file()]
+def _train_parallel(runner: StudyRunner, pairs: list, finished: set, study_dir: Path,
+                    jobs: int, log) -> None:
+    """Train every unfinished teacher, then every student not in `finished` ((name, seed)), of
+    `pairs` ((RunSpec, seed)) in `jobs` worker processes; the sequential pass that follows finds
+    them finished. A failed run stops the study (runs in flight finish; a rerun resumes the
+    rest)."""
+    students = [(s, k) for s, k in pairs if s.role == "student" and (s.name, k) not in finished]
     # the teachers the serial pass would train (none for finished students), each once, a
     # matched teacher's reference first: folder -> (TeacherSpec, seed)
     teachers = {}
@@ -261,9 +267,9 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
     results = []
     pairs = [(s, k) for s in specs for k in range(seeds)]
     before = {(s.name, k) for s, k in pairs
-              if (study_dir / "runs" / f"{s.name}-s{k}" / "summary.json").is_file()}
+              if (run_dir(study_dir, s.name, k) / "summary.json").is_file()}
     if jobs > 1:
-        _train_parallel(runner, pairs, study_dir, jobs, log)
+        _train_parallel(runner, pairs, before, study_dir, jobs, log)
     total = len(pairs)
     for i, (spec, seed) in enumerate(pairs):
         done = "(finished before)" if (spec.name, seed) in before else ""
