@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .config import TrainConfig, apply_overrides, build_config, validate
+from .config import TrainConfig, apply_overrides, build_config, replace_keys, validate
 from .data import DataError
 
 DEFAULT_BUDGET_MINUTES = {"cpu": 10.0, "cuda": 30.0}
@@ -122,8 +122,9 @@ def auto_config(data: str, device: str = "cpu", overrides: list[str] | None = No
         f"data.batch_size={teacher_batch}]",
         "data.num_workers=2", "aug.hflip=0.5", f"ema.decay={ema}", f"eval_every={every}",
         *aug]
-    cfg = build_config("quickstart", overrides=settings)
-    cfg.recipe.name, cfg.recipe.description = "auto", "picked from the data by deitkit.auto"
-    apply_overrides(cfg, list(overrides or []))  # the user's word is last
+    cfg = replace_keys(build_config("quickstart", overrides=settings),
+                       **{"recipe.name": "auto",
+                          "recipe.description": "picked from the data by deitkit.auto"})
+    cfg = apply_overrides(cfg, list(overrides or []))  # the user's word is last
     validate(cfg)
     return cfg, why, budget

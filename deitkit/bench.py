@@ -26,7 +26,7 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -44,12 +44,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import AugConfig, TrainConfig
 from .distill import DistillationLoss
-from .data import RepeatedAugSampler, build_mixer, build_train_transform, load_dataset
+from .data import RepeatedAugSampler, build_train_transform, load_dataset
 from .data.sampler import SampleKey
 from .distill.sources import OnlineTeacher, StoredTeacher
 from .distill.store import TeacherStore
-from .engine import Step, StepOptions, evaluate, train_one_epoch
-from .fit import build_optimizer
+from .build import build_step
+from .engine import evaluate, train_one_epoch
 from .runtime import cpu_has_native_bf16, resolve_device
 from .models import Teacher, create_cnn, create_student, tune_attention
 
@@ -146,10 +146,6 @@ def _our_variant(cfg: BenchConfig, device, amp_dtype, kind: str, teacher_sd, mix
                            drop_path_rate=0.1).to(device)
     tune_attention(model, device, amp_dtype)
     net = torch.compile(model) if compile_ else model
-    tcfg = TrainConfig()
-    optimizer = build_optimizer(tcfg, model, 5e-4)
-    ema = ModelEmaV3(model, decay=0.99996)
-    mixer = build_mixer(mix_aug, cfg.num_classes)
     source = None
     if kind == "online":
         t = create_cnn(cfg.teacher, cfg.num_classes)
@@ -162,8 +158,10 @@ def _our_variant(cfg: BenchConfig, device, amp_dtype, kind: str, teacher_sd, mix
                                             cfg.num_classes), device, verify_batches=0)
     criterion = DistillationLoss("none" if kind == "none" else "hard", 0.5,
                                  smoothing=mix_aug.smoothing)
-    step = Step(net, criterion, optimizer, ema=ema, mixer=mixer, teacher=source)
-    opts = StepOptions(amp_dtype=amp_dtype, progress=False)
+    # the step a run builds (the default optimiser, EMA at 0.99996), at a fixed lr
+    tcfg = replace(TrainConfig(), aug=mix_aug, progress=False)
+    step, opts = build_step(tcfg, model, criterion, net=net, num_classes=cfg.num_classes,
+                            device=device, amp_dtype=amp_dtype, lr=5e-4, source=source)
     epoch = [0]
 
     def run(batches: list) -> float:

@@ -74,6 +74,20 @@ def safe_torch_load(path: str | Path) -> Any:
                               f"read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def unwrap_state(state: dict) -> dict:
+    """A state dict with the names DDP and torch.compile prefix taken off (`module.`,
+    `_orig_mod.`), as the bare model expects them."""
+    out = {}
+    for k, v in state.items():
+        for prefix in WRAPPER_PREFIXES:
+            k = k.removeprefix(prefix)
+        out[k] = v
+    return out
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """A deitkit checkpoint: a dict with at least `model` (state dict) and `meta`."""
     ckpt = safe_torch_load(path)

@@ -14,10 +14,11 @@ from .bench import BenchConfig, main_bench
 from .checkpoint import CheckpointError
 from .compare import compare_runs, format_rows
 from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from_dict,
-                     list_recipes, load_yaml_file, recipe_dict, validate)
+                     list_recipes, recipe_dict, validate)
 from .data import DataError
 from .data.check import check_dataset, format_report
 from .distributed import shutdown
+from .rundir import RunDir
 from .engine import NonFiniteLossError
 from .evaluate import evaluate_checkpoint, format_eval
 from .export import export_model
@@ -204,14 +205,13 @@ def _config_from(args):
     if args.no_progress:
         overrides.append("progress=false")
     if args.resume:
-        run = Path(args.resume)
-        if not (run / "checkpoint-last.pt").is_file():
-            raise ConfigError(f"cannot resume '{run}': it holds no checkpoint-last.pt")
+        run = RunDir(args.resume)
+        if not run.has_last():
+            raise ConfigError(f"cannot resume '{run}': it holds no {RunDir.LAST}")
         overrides.append(f"out={run}")
         if not (args.recipe or args.config):  # the stored config, plus what is given here
-            cfg = from_dict(load_yaml_file(run / "config.yaml"),
-                            source=f"config file '{run / 'config.yaml'}'")
-            apply_overrides(cfg, overrides + args.overrides)
+            cfg = from_dict(run.read_config(), source=f"config file '{run.config}'")
+            cfg = apply_overrides(cfg, overrides + args.overrides)
             validate(cfg)
             return cfg
     if (args.command == "train" and not (args.recipe or args.config) and args.data
@@ -231,13 +231,124 @@ def _config_from(args):
                         overrides + args.overrides)
 
 
-def cmd_recipes() -> int:
+# ---------------------------------------------------------------------------------------------
+# the commands: each takes the parsed arguments (and the argv, for the record) and returns the
+# exit status
+
+def cmd_recipes(args, argv) -> int:
     for name in list_recipes():
         r = recipe_dict(name).get("recipe", {})
         print(f"{name}\n  {r.get('description', '')}\n  command:  {r.get('command', '')}\n"
               f"  hardware: {r.get('hardware', '')}\n  runtime:  {r.get('runtime', '')}\n"
               f"  expected: {r.get('expected_accuracy', '')}\n")
     return 0
+
+
+def cmd_eval(args, argv) -> int:
+    res = evaluate_checkpoint(args.run, data=args.data, teacher=args.teacher,
+                              teacher_weights=args.teacher_weights, fusion=args.fusion,
+                              last=args.last, device=args.device)
+    print(format_eval(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def cmd_report(args, argv) -> int:
+    folder = Path(args.folder)
+    if (folder / "results.json").is_file():
+        print(f"report in {reanalyze(folder)}")
+    if args.html or not (folder / "results.json").is_file():
+        print(f"page in {write_html(folder)}")
+    return 0
+
+
+def cmd_runs(args, argv) -> int:
+    rows = compare_runs(args.dirs, args.sort)
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
+
+
+def cmd_study(args, argv) -> int:
+    run_study(args.name, data=args.data, budget=args.budget, seeds=args.seeds,
+              root=args.root, device=args.device, command="deitkit " + " ".join(argv),
+              overrides=tuple(args.overrides), jobs=args.jobs)
+    return 0
+
+
+def cmd_bench(args, argv) -> int:
+    bcfg = BenchConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchConfig)})
+    main_bench(bcfg, args.json)
+    return 0
+
+
+def cmd_slurm(args, argv) -> int:
+    rest = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+    if not rest:
+        raise ConfigError("slurm: give the deitkit command after --")
+    job = submit(main, rest, folder=args.logs, nodes=args.nodes,
+                 gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                 timeout_min=args.time, partition=args.partition, port=args.port,
+                 cluster="local" if args.local else None)
+    print(f"submitted job {job.job_id}; logs in {args.logs}")
+    return int(job.result() or 0) if args.wait else 0
+
+
+def cmd_data(args, argv) -> int:
+    report = check_dataset(args.path, args.min_size)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if report["problems"] else 0
+
+
+def cmd_export(args, argv) -> int:
+    print("wrote " + " and ".join(map(str, export_model(args.checkpoint, args.out))))
+    return 0
+
+
+def cmd_predict(args, argv) -> int:
+    records, skipped = predict(args.model, args.inputs, topk=args.topk, head=args.head,
+                               batch_size=args.batch_size, device=args.device,
+                               progress=not args.no_progress,
+                               log=lambda m: print(m, file=sys.stderr))
+    write_predictions(records, skipped, args.json, args.csv)
+    if not (args.json or args.csv):
+        print(format_predictions(records))
+    print(f"{len(records)} images predicted, {len(skipped)} skipped", file=sys.stderr)
+    return 0
+
+
+def cmd_store(args, argv) -> int:
+    if not args.out:
+        raise ConfigError("store: give --out (the store folder)")
+    cfg = _config_from(args)
+    if args.dry_run:
+        print(dump_yaml(cfg), end="")
+        return 0
+    record_store(cfg, args.out, topk=args.topk, dtype=args.dtype)
+    return 0
+
+
+def cmd_train(args, argv) -> int:
+    cfg = _config_from(args)
+    if args.dry_run:
+        print(dump_yaml(cfg), end="")
+        return 0
+    if args.command == "train":
+        summary = train(cfg, resume=bool(args.resume), force=args.force,
+                        time_budget=args.time_budget)
+    else:
+        summary = train_teacher(cfg, resume=bool(args.resume), force=args.force)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+        print(format_summary(summary))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "teacher": cmd_train, "store": cmd_store, "eval": cmd_eval,
+            "report": cmd_report, "runs": cmd_runs, "study": cmd_study, "bench": cmd_bench,
+            "slurm": cmd_slurm, "data": cmd_data, "export": cmd_export, "predict": cmd_predict,
+            "recipes": cmd_recipes}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -264,83 +375,7 @@ def _main(argv: Optional[list[str]] = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     try:
-        if args.command == "recipes":
-            return cmd_recipes()
-        if args.command == "eval":
-            res = evaluate_checkpoint(args.run, data=args.data, teacher=args.teacher,
-                                      teacher_weights=args.teacher_weights, fusion=args.fusion,
-                                      last=args.last, device=args.device)
-            print(format_eval(res))
-            if args.json:
-                Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-            return 0
-        if args.command == "report":
-            folder = Path(args.folder)
-            if (folder / "results.json").is_file():
-                print(f"report in {reanalyze(folder)}")
-            if args.html or not (folder / "results.json").is_file():
-                print(f"page in {write_html(folder)}")
-            return 0
-        if args.command == "runs":
-            rows = compare_runs(args.dirs, args.sort)
-            print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
-            return 0
-        if args.command == "study":
-            cmd = "deitkit " + " ".join(argv)
-            run_study(args.name, args.data, args.budget, args.seeds, args.root, args.device,
-                      command=cmd, overrides=tuple(args.overrides), jobs=args.jobs)
-            return 0
-        if args.command == "bench":
-            bcfg = BenchConfig(**{f.name: getattr(args, f.name)
-                                  for f in dataclasses.fields(BenchConfig)})
-            main_bench(bcfg, args.json)
-            return 0
-        if args.command == "slurm":
-            rest = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
-            if not rest:
-                parser.error("slurm: give the deitkit command after --")
-            job = submit(main, rest, args.logs, args.nodes, args.gpus_per_node, args.cpus_per_task,
-                         args.time, args.partition, args.port,
-                         cluster="local" if args.local else None)
-            print(f"submitted job {job.job_id}; logs in {args.logs}")
-            if args.wait:
-                return int(job.result() or 0)
-            return 0
-        if args.command == "data":
-            report = check_dataset(args.path, args.min_size)
-            print(format_report(report))
-            if args.json:
-                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-            return 1 if report["problems"] else 0
-        if args.command == "export":
-            print("wrote " + " and ".join(map(str, export_model(args.checkpoint, args.out))))
-            return 0
-        if args.command == "predict":
-            records, skipped = predict(args.model, args.inputs, args.topk, args.head,
-                                       args.batch_size, args.device, not args.no_progress,
-                                       log=lambda m: print(m, file=sys.stderr))
-            write_predictions(records, skipped, args.json, args.csv)
-            if not (args.json or args.csv):
-                print(format_predictions(records))
-            print(f"{len(records)} images predicted, {len(skipped)} skipped", file=sys.stderr)
-            return 0
-        cfg = _config_from(args)
-        if args.dry_run:
-            print(dump_yaml(cfg), end="")
-            return 0
-        if args.command == "store":
-            if not args.out:
-                parser.error("store: give --out (the store folder)")
-            record_store(cfg, args.out, topk=args.topk, dtype=args.dtype)
-            return 0
-        if args.command == "train":
-            summary = train(cfg, resume=bool(args.resume), force=args.force,
-                            time_budget=args.time_budget)
-        else:
-            summary = train_teacher(cfg, resume=bool(args.resume), force=args.force)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
-            print(format_summary(summary))
-        return 0
+        return COMMANDS[args.command](args, argv)
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError,
             SlurmError) as e:
         rank = os.environ.get("RANK")

@@ -5,10 +5,10 @@ study folder, any parent): every run folder found below it is listed once.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .config import ConfigError
+from .rundir import RunDir
 
 COLUMNS = [("fused_top1", "fused"), ("cls_top1", "class"), ("dist_top1", "dist."),
            ("ema_fused_top1", "EMA"), ("train_clean_top1", "train (clean)"),
@@ -22,8 +22,8 @@ def find_runs(dirs: list[str]) -> list[Path]:
         p = Path(d).expanduser()
         if not p.is_dir():
             raise ConfigError(f"'{p}' is not a folder")
-        runs = [p] if (p / "summary.json").is_file() else \
-            sorted(s.parent for s in p.rglob("summary.json"))
+        runs = [p] if RunDir(p).is_finished() else \
+            sorted(s.parent for s in p.rglob(RunDir.SUMMARY))
         if not runs:
             raise ConfigError(f"'{p}' holds no run folder (no summary.json in or below it)")
         found += [r for r in runs if r.resolve() not in {f.resolve() for f in found}]
@@ -38,10 +38,7 @@ def compare_runs(dirs: list[str], sort: str = "fused_top1") -> list[dict]:
         raise ConfigError(f"cannot sort by '{sort}'; one of {', '.join(keys)}")
     rows = []
     for run in find_runs(dirs):
-        try:
-            s = json.loads((run / "summary.json").read_text())
-        except ValueError as e:
-            raise ConfigError(f"'{run / 'summary.json'}' is not valid JSON ({e})") from None
+        s = RunDir(run).read_summary()
         rows.append({"run": str(run), "role": s.get("role"), "model": s.get("model"),
                      "dataset": s.get("dataset"), **{k: s.get(k) for k in keys}})
     rows.sort(key=lambda r: (r[sort] is None, -(r[sort] or 0) if not isinstance(

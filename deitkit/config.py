@@ -8,6 +8,7 @@ run folder as `config.yaml`, so every default that shaped a run can be read back
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -33,9 +34,10 @@ Fusion = Literal["logits", "probs"]
 Amp = Literal["auto", "bf16", "fp16", "off"]
 OnError = Literal["error", "skip"]
 OnDevice = Union[bool, Literal["auto"]]
+Role = Literal["student", "teacher"]  # what a run trains: a DeiT student or a CNN teacher
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecipeInfo:
     """What a recipe is for; shown by `deitkit recipes` and kept in the resolved config."""
     name: str = ""
@@ -52,7 +54,7 @@ class RecipeInfo:
     """Expected accuracy, with its source (our measurement or the paper)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how they are batched."""
     name: str = "digits"
@@ -101,7 +103,7 @@ class DataConfig:
     """Per-channel normalisation standard deviation."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugConfig:
     """Training augmentation and label regularisation (the DeiT recipe's heart)."""
     stack: AugStack = "deit"
@@ -143,7 +145,7 @@ class AugConfig:
     """Resize interpolation."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """The network being trained (the student, or the CNN in a teacher run)."""
     name: str = "deit_tiny_distilled_patch16_224"
@@ -167,7 +169,7 @@ class ModelConfig:
     patch grid, a plain ViT fills a distilled student (and back)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeacherConfig:
     """Where the teacher comes from. With no `name`, a CNN is trained first (see `train_*`)."""
     name: Optional[str] = None
@@ -190,7 +192,7 @@ class TeacherConfig:
     equal the plain model's to float rounding (tested)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig:
     """Distillation objective and inference fusion."""
     kind: DistillKind = "hard"
@@ -216,7 +218,7 @@ class DistillConfig:
     checksum of the augmented, mixed view (a mismatch stops the run)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """Optimiser and learning-rate schedule (timm factories)."""
     opt: str = "adamw"
@@ -246,7 +248,7 @@ class OptimConfig:
     and GPU); others fall back to the foreach implementation."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmaConfig:
     """Exponential moving average of the weights (timm ModelEmaV3)."""
     enabled: bool = True
@@ -255,7 +257,7 @@ class EmaConfig:
     """EMA decay per optimiser step."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run."""
     recipe: RecipeInfo = field(default_factory=RecipeInfo)
@@ -359,8 +361,9 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def merge_dict(obj: Any, updates: dict, prefix: str = "", source: str = "config") -> None:
-    """Apply a nested dict of updates to dataclass `obj` in place, checking keys and types."""
+def _merge(obj: Any, updates: dict, prefix: str = "", source: str = "config") -> None:
+    """Apply a nested dict of updates to dataclass `obj` in place, checking keys and types.
+    The one place a (frozen) config is written to: only on a config being built here."""
     if not isinstance(updates, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
                           f"got {type(updates).__name__}")
@@ -373,7 +376,7 @@ def merge_dict(obj: Any, updates: dict, prefix: str = "", source: str = "config"
                               f"{', '.join(sorted(prefix + n for n in names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            merge_dict(current, value, prefix=f"{path}.", source=source)
+            _merge(current, value, prefix=f"{path}.", source=source)
             continue
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
@@ -383,11 +386,37 @@ def merge_dict(obj: Any, updates: dict, prefix: str = "", source: str = "config"
                               f"got {value!r} ({type(value).__name__}){hint}")
         if isinstance(current, dict):  # key by key: a recipe's other keys are kept
             coerced = {**current, **coerced}
-        setattr(obj, key, coerced)
+        object.__setattr__(obj, key, coerced)  # frozen outside this module
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
-    """Apply `a.b=value` strings; values are parsed as YAML scalars (`null`, `0.5`, `true`)."""
+def merge_dict(cfg: TrainConfig, updates: dict, source: str = "config") -> TrainConfig:
+    """A new config: `cfg` with a nested dict of updates applied (keys and types checked)."""
+    cfg = copy.deepcopy(cfg)
+    _merge(cfg, updates, source=source)
+    return cfg
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """A new config: `cfg` with `a.b=value` strings applied; values are parsed as YAML scalars
+    (`null`, `0.5`, `true`)."""
+    cfg = copy.deepcopy(cfg)
+    _apply_overrides(cfg, overrides)
+    return cfg
+
+
+def replace_keys(cfg: TrainConfig, **dotted: Any) -> TrainConfig:
+    """A new config with dotted keys set to already-typed values, e.g.
+    `replace_keys(cfg, epochs=3, **{"teacher.train_epochs": 2})` (dataclasses.replace, nested)."""
+    for key, value in dotted.items():
+        head, _, rest = key.partition(".")
+        if not hasattr(cfg, head):
+            raise ConfigError(f"unknown key '{key}'")
+        value = replace_keys(getattr(cfg, head), **{rest: value}) if rest else value
+        cfg = dataclasses.replace(cfg, **{head: value})
+    return cfg
+
+
+def _apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value "
@@ -403,7 +432,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> None:
         for p in parts[:-1]:
             cursor = cursor.setdefault(p, {})
         cursor[parts[-1]] = value
-        merge_dict(cfg, nested, source=f"override '{item}'")
+        _merge(cfg, nested, source=f"override '{item}'")
 
 
 def _is_str_field(cfg: Any, dotted: str) -> bool:
@@ -425,7 +454,7 @@ def to_dict(cfg: Any) -> dict:
 
 def from_dict(d: dict, source: str = "config") -> TrainConfig:
     cfg = TrainConfig()
-    merge_dict(cfg, d, source=source)
+    _merge(cfg, d, source=source)
     return cfg
 
 
@@ -468,10 +497,10 @@ def build_config(recipe: str = "quickstart", config_file: Optional[str] = None,
                  overrides: Optional[list[str]] = None) -> TrainConfig:
     """Recipe, then YAML file, then dotted overrides; each checked against the dataclasses."""
     cfg = TrainConfig()
-    merge_dict(cfg, recipe_dict(recipe), source=f"recipe '{recipe}'")
+    _merge(cfg, recipe_dict(recipe), source=f"recipe '{recipe}'")
     if config_file:
-        merge_dict(cfg, load_yaml_file(config_file), source=f"config file '{config_file}'")
-    apply_overrides(cfg, overrides or [])
+        _merge(cfg, load_yaml_file(config_file), source=f"config file '{config_file}'")
+    _apply_overrides(cfg, overrides or [])
     validate(cfg)
     return cfg
 
@@ -504,12 +533,19 @@ def validate(cfg: TrainConfig) -> None:
             and cfg.data.batch_size % 2:
         raise ConfigError(f"key 'data.batch_size' must be even when Mixup/CutMix is on "
                           f"(timm mixes a batch with its flip); got {cfg.data.batch_size}")
-    if cfg.distill.heads == "cls" and cfg.distill.kind != "none":
-        raise ConfigError("distill.heads=cls trains the class head without a teacher: "
-                          "set distill.kind=none")
-    if cfg.distill.heads == "dist" and cfg.distill.kind == "none":
-        raise ConfigError("distill.heads=dist trains on teacher labels only: "
-                          "set distill.kind=hard or soft")
+    problem = heads_kind_problem(cfg.distill.kind, cfg.distill.heads)
+    if problem:
+        raise ConfigError(f"distill.{problem}")
+
+
+def heads_kind_problem(kind: str, heads: str) -> Optional[str]:
+    """What is wrong with training `heads` under distillation `kind` (None: nothing). The one
+    statement of the rule; the config and the loss both ask it."""
+    if heads == "cls" and kind != "none":
+        return "heads=cls trains the class head without a teacher: set distill.kind=none"
+    if heads == "dist" and kind == "none":
+        return "heads=dist trains on teacher labels only: set distill.kind=hard or soft"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .config import OnError
-from .data import batch_seed, mix_batch
+from .data import student_views
 from .distill import DistillationLoss, fuse
 from .distill.sources import TeacherSource
 from .distributed import all_reduce_sum
@@ -35,7 +35,7 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class StepOptions:
     """How the step runs."""
     amp_dtype: Optional[torch.dtype] = None
@@ -52,7 +52,7 @@ class StepOptions:
     progress: bool = True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Step:
     """What one training step touches."""
     model: nn.Module                       # the student (or CNN), possibly DDP-wrapped
@@ -84,12 +84,8 @@ def train_one_epoch(s: Step, loader, device: torch.device, epoch: int,
     refresh = 10 if device.type == "cpu" else 50  # the bar's loss reads the device: rarely
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not opts.progress,
                dynamic_ncols=True)
-    for step, (images, labels) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with record_function("mix"):
-            images, targets = mix_batch(s.mixer, images, labels,
-                                        batch_seed(opts.seed, epoch, opts.rank, step))
+    for step, images, labels, targets in student_views(bar, s.mixer, device, opts.seed, epoch,
+                                                       opts.rank):
         t_logits = None                                               # [B, C]
         if s.criterion.needs_teacher:
             with record_function("teacher"):

@@ -1,39 +1,29 @@
 """`deitkit eval`: every metric of `engine.evaluate` for any deitkit checkpoint."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import from_dict
+from .config import from_dict, replace_keys
 from .data import build_eval_transform, load_dataset
 from .engine import EVAL_KEYS, evaluate
 from .models import create_teacher
 from .models.teacher import model_from_checkpoint
+from .rundir import RunDir, resolve_checkpoint
 from .runtime import resolve_amp, resolve_device
-
-
-def _checkpoint_path(run: str, last: bool) -> Path:
-    p = Path(run).expanduser()
-    if p.is_dir():
-        name = "checkpoint-last.pt" if last else "checkpoint-best.pt"
-        if not (p / name).is_file():
-            raise CheckpointError(f"run folder '{p}' has no {name}")
-        return p / name
-    return p
 
 
 def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[str] = None,
                         teacher_weights: Optional[str] = None, fusion: Optional[str] = None,
                         last: bool = False, device: str = "auto") -> dict:
-    path = _checkpoint_path(run, last)
+    path = resolve_checkpoint(run, last=last)
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
     cfg = from_dict(ckpt["config"], source=f"config stored in '{path}'")
     if data is not None:
-        cfg.data.name = data
+        cfg = replace_keys(cfg, **{"data.name": data})
     dev = resolve_device(device)
     amp_dtype = resolve_amp(cfg.amp, dev)
     bundle = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
@@ -46,8 +36,8 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
     t = None
     run_dir = path.parent
     if teacher is None and meta["role"] == "student":
-        if (run_dir / "teacher" / "checkpoint-best.pt").is_file():
-            teacher = str(run_dir / "teacher")
+        if RunDir(run_dir).teacher.has_best():
+            teacher = str(RunDir(run_dir).teacher)
         elif cfg.teacher.name is not None:
             teacher, teacher_weights = cfg.teacher.name, teacher_weights or cfg.teacher.weights
     if teacher is not None:

@@ -15,9 +15,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_write, atomic_write_text, load_checkpoint
+from .checkpoint import (CheckpointError, atomic_write, atomic_write_text, load_checkpoint,
+                         unwrap_state)
 from .distill import fuse
 from .models import student_forward
+from .rundir import resolve_checkpoint
 from .models.teacher import model_from_checkpoint
 
 try:  # optional: pip install 'deitkit[onnx]'
@@ -27,13 +29,7 @@ except ImportError:
 
 
 def resolve_model_file(src: str | Path) -> Path:
-    p = Path(src).expanduser()
-    if p.is_dir():
-        for name in ("checkpoint-best.pt", "checkpoint-last.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise CheckpointError(f"run folder '{p}' holds no checkpoint-best.pt or "
-                              "checkpoint-last.pt")
+    p = resolve_checkpoint(src)
     if not p.is_file():
         raise CheckpointError(f"model '{p}' does not exist (a run folder, a checkpoint .pt, or "
                               "an export .safetensors with its .json)")
@@ -92,8 +88,7 @@ def export_safetensors(src: str | Path, out: str | Path) -> tuple[Path, Path]:
     num_classes=N), **timm_kwargs)` rebuilds the model with these weights."""
     ckpt = load_checkpoint(resolve_model_file(src))
     out = Path(out)
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v.contiguous()
-             for k, v in ckpt["model"].items()}
+    state = {k: v.contiguous() for k, v in unwrap_state(ckpt["model"]).items()}
     atomic_write(out, lambda f: f.write(safetensors.torch.save(state)))
     meta = {**ckpt["meta"], "timm_kwargs": timm_kwargs(ckpt["meta"])}
     meta_path = out.with_suffix(".json")

@@ -18,6 +18,7 @@ from typing import Optional
 from .checkpoint import atomic_write_text
 from .config import ConfigError
 from .report import fmt, plot_png
+from .rundir import RunDir
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }
@@ -93,10 +94,9 @@ def _curves(metrics: list[dict]) -> list[str]:
 
 
 def run_page(run_dir: Path) -> str:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-               if x.strip()]
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    rd = RunDir(run_dir)
+    summary, metrics = rd.read_summary(), rd.read_metrics()
+    config = rd.config.read_text() if rd.config.is_file() else ""
     rows = "".join(f"<tr><td>{label}</td><td data-key=\"{key}\">{cell(key, summary[key])}"
                    "</td></tr>" for label, key in RUN_ROWS if summary.get(key) is not None)
     title = f"{summary.get('model')} on {summary.get('dataset')}: {run_dir.name}"
@@ -159,7 +159,7 @@ def write_html(folder: str | Path) -> Path:
     folder = Path(folder)
     if (folder / "results.json").is_file():
         text = study_page(folder)
-    elif (folder / "summary.json").is_file() and (folder / "metrics.jsonl").is_file():
+    elif RunDir(folder).is_finished() and RunDir(folder).metrics.is_file():
         text = run_page(folder)
     else:
         raise ConfigError(f"'{folder}' is neither a run folder (summary.json, metrics.jsonl) "

@@ -8,40 +8,40 @@ both to `fit`, which trains the student. `train_teacher(cfg)` fits a CNN on its 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from .config import ConfigError, TrainConfig, build_config, to_dict
-from .data import DatasetBundle, batch_seed, build_mixer, mix_batch
+from .build import build_loaders, data_decision, load_bundle, run_device
+from .config import ConfigError, Role, TrainConfig, build_config, replace_keys, to_dict
+from .data import DatasetBundle, build_mixer, student_views
 from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, check_fingerprint,
                             epoch_file, fingerprint, open_store, read_meta, save_epoch,
                             view_checksum, write_meta)
-from .distributed import barrier, init_distributed
-from .fit import Log, build_loaders, data_decision, fit, load_bundle, quiet
+from .distributed import DistInfo, barrier, init_distributed
+from .fit import fit
 from .models import Teacher, create_cnn, create_teacher
 from .plan import Plan, plan_run
-from .runtime import autocast, resolve_amp, resolve_device
+from .rundir import RunDir
+from .runtime import Log, autocast, quiet, resolve_amp
 
 
-def default_out(cfg: TrainConfig, role: str) -> Path:
+def default_out(cfg: TrainConfig, role: Role) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.recipe.name or role}-{stamp}"
 
 
-def _with_out(cfg: TrainConfig, role: str) -> TrainConfig:
-    if not cfg.out and init_distributed(cfg.device).enabled:
+def _with_out(cfg: TrainConfig, role: Role, d: DistInfo) -> TrainConfig:
+    if not cfg.out and d.enabled:
         raise ConfigError("give --out when running under torchrun (every process must agree "
                           "on the run folder)")
-    cfg.out = str(cfg.out or default_out(cfg, role))
-    return cfg
+    return replace(cfg, out=str(cfg.out or default_out(cfg, role)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,19 +50,19 @@ def _with_out(cfg: TrainConfig, role: str) -> TrainConfig:
 def teacher_config_for(cfg: TrainConfig, out: Path) -> TrainConfig:
     """The CNN-teacher run that a student run needs: same data, split and seed."""
     tcfg = build_config(cfg.teacher.train_recipe, overrides=list(cfg.teacher.train_overrides))
-    for key in ("name", "root", "download", "img_size", "train_fraction", "fraction_seed",
-                "num_workers", "on_device", "device_share", "cache_dir", "mean", "std"):
-        setattr(tcfg.data, key, copy.deepcopy(getattr(cfg.data, key)))
-    tcfg.model.name = cfg.teacher.train_model
+    shared = {f"data.{key}": copy.deepcopy(getattr(cfg.data, key))
+              for key in ("name", "root", "download", "img_size", "train_fraction",
+                          "fraction_seed", "num_workers", "on_device", "device_share",
+                          "cache_dir", "mean", "std")}
     if cfg.teacher.train_epochs is not None:
-        tcfg.epochs = cfg.teacher.train_epochs
-    tcfg.seed, tcfg.amp, tcfg.device, tcfg.progress = cfg.seed, cfg.amp, cfg.device, cfg.progress
-    tcfg.out = str(out)
-    return tcfg
+        shared["epochs"] = cfg.teacher.train_epochs
+    return replace_keys(tcfg, **shared, **{"model.name": cfg.teacher.train_model},
+                        seed=cfg.seed, amp=cfg.amp, device=cfg.device, progress=cfg.progress,
+                        out=str(out))
 
 
 def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
-                log: Log = print) -> Optional[Teacher]:
+                log: Log = print, dist_info: DistInfo = DistInfo()) -> Optional[Teacher]:
     """The frozen teacher of a student run, or None when the objective needs none: the named
     one (`teacher.name`, with `teacher.weights`), else a CNN trained into OUT/teacher (resumed
     if it was interrupted, reused if finished)."""
@@ -72,15 +72,15 @@ def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
         teacher = create_teacher(cfg.teacher.name, num_classes=bundle.num_classes,
                                  weights=cfg.teacher.weights, pretrained=cfg.teacher.pretrained)
     else:
-        tdir = out / "teacher"
-        if (tdir / "summary.json").is_file() and (tdir / "checkpoint-best.pt").is_file():
+        tdir = RunDir(out).teacher
+        if tdir.is_finished() and tdir.has_best():
             log(f"reusing the teacher trained earlier in {tdir}")
         else:
-            tcfg = teacher_config_for(cfg, tdir)
-            resume = (tdir / "checkpoint-last.pt").is_file()
+            tcfg = teacher_config_for(cfg, tdir.path)
+            resume = tdir.has_last()
             log(f"no teacher given: {'resuming' if resume else 'training'} a {tcfg.model.name} "
                 f"teacher for {tcfg.epochs} epochs (recipe {cfg.teacher.train_recipe}) in {tdir}")
-            fit(tcfg, "teacher", bundle=bundle, log=log, resume=resume)
+            fit(tcfg, "teacher", bundle=bundle, log=log, resume=resume, dist_info=dist_info)
         teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
     teacher.set_student_norm(cfg.data.mean, cfg.data.std)
     return teacher
@@ -92,8 +92,8 @@ def _store_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
     (used to check the store's teacher and to report its accuracy, never run in training)."""
     if cfg.teacher.name:
         return get_teacher(cfg, bundle, out, log=log)
-    tdir = Path(cfg.distill.store).expanduser() / "teacher"
-    if not (tdir / "checkpoint-best.pt").is_file():
+    tdir = RunDir(cfg.distill.store).teacher
+    if not tdir.has_best():
         return None
     teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
     teacher.set_student_norm(cfg.data.mean, cfg.data.std)
@@ -117,15 +117,16 @@ def _teacher_to_train(cfg: TrainConfig, out: Path) -> Optional[TrainConfig]:
     """The config of the CNN teacher this run will train, or None (given, stored, finished)."""
     if cfg.distill.kind == "none" or cfg.teacher.name or cfg.distill.store:
         return None
-    if (out / "teacher" / "summary.json").is_file():
+    if RunDir(out).teacher.is_finished():
         return None
-    return teacher_config_for(cfg, out / "teacher")
+    return teacher_config_for(cfg, RunDir(out).teacher.path)
 
 
 def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optional[Teacher],
-              budget_minutes: Optional[float], log: Log) -> Optional[Plan]:
+              budget_minutes: Optional[float], log: Log) -> tuple[Plan, TrainConfig]:
     """Print how long the run will take here (measured on its first steps); with a budget,
-    set the teacher's and student's epochs so that the whole run fits, and say so."""
+    choose the teacher's and student's epochs so that the whole run fits, and say so.
+    Returns the plan and the config to run (with those epochs)."""
     tcfg = _teacher_to_train(cfg, out)
     stand_in = copy.deepcopy(teacher)  # measuring optimises the stand-in's forward, not the run's
     if tcfg is not None:  # an untrained CNN of the teacher's architecture costs the same
@@ -144,29 +145,30 @@ def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optio
         log(f"time budget {budget_minutes:g} min: chose {', '.join(parts)} (recipe: "
             f"{', '.join(was)} epochs); about {plan.seconds:.0f} s of training, measured on "
             "this machine")
-        cfg.epochs = plan.student_epochs
+        cfg = replace(cfg, epochs=plan.student_epochs)
         if tcfg is not None:
-            cfg.teacher.train_epochs = plan.teacher_epochs
+            cfg = replace_keys(cfg, **{"teacher.train_epochs": plan.teacher_epochs})
     else:
         log(f"estimated on this machine (first steps measured): {', '.join(parts)}: about "
             f"{plan.seconds:.0f} s of training")
-    return plan
+    return plan, cfg
 
 
 def replan_student(cfg: TrainConfig, plan: Plan, out: Path, budget_minutes: float,
-                   log: Log) -> None:
+                   log: Log) -> TrainConfig:
     """After the teacher: if its real epochs took longer than estimated, scale the student's
     estimate by the same factor and cut the student's epochs to fit the time left (never
     raised: a faster teacher says little about the student, measured on Fashion-MNIST: teacher
     0.80x its estimate, student 0.91x)."""
-    tsum = json.loads((out / "teacher" / "summary.json").read_text())
+    tsum = RunDir(out).teacher.read_summary()
     factor = tsum["wall_seconds"] / tsum["epochs"] / plan.teacher_epoch_seconds
     left = 0.92 * (60 * budget_minutes - process_seconds())
     epochs = max(1, math.floor(left / (plan.student_epoch_seconds * max(1.0, factor))))
     if epochs < cfg.epochs:
         log(f"time budget: the teacher's epochs took {factor:.2f}x their estimate, so the "
             f"student gets {epochs} epochs instead of {cfg.epochs} ({left:.0f} s left)")
-        cfg.epochs = epochs
+        cfg = replace(cfg, epochs=epochs)
+    return cfg
 
 
 def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool = False,
@@ -180,7 +182,7 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
     if time_budget is not None and (resume or d.enabled):
         raise ConfigError("--time-budget sets the epochs of a new single-process run; it "
                           "cannot be combined with --resume or torchrun")
-    cfg = _with_out(cfg, "student")
+    cfg = _with_out(cfg, "student", d)
     out = Path(cfg.out)
     log_main = log if d.is_main else quiet
     bundle = load_bundle(cfg)
@@ -189,7 +191,7 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
         teacher = _store_teacher(cfg, bundle, out, log_main)
         store = open_store(cfg, bundle, d.world, d.rank,
                            teacher.digest if teacher is not None else None,
-                           data_decision(cfg, bundle, resolve_device(cfg.device)).views)
+                           data_decision(cfg, bundle, run_device(cfg, d)).views)
         log_main(f"teacher outputs from the store {cfg.distill.store} (top-{store.topk} of "
                  f"{store.num_classes}, teacher {store.meta.get('teacher')})")
         if time_budget is not None:
@@ -199,27 +201,27 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
             plan_time(cfg, bundle, out, None, None, log_main)
     else:
         named = cfg.teacher.name is not None
-        teacher = get_teacher(cfg, bundle, out, log=log_main) if named else None
+        teacher = get_teacher(cfg, bundle, out, log=log_main, dist_info=d) if named else None
         plan, trains_teacher = None, _teacher_to_train(cfg, out) is not None
         if not resume and not d.enabled:
-            plan = plan_time(cfg, bundle, out, teacher, time_budget, log_main)
+            plan, cfg = plan_time(cfg, bundle, out, teacher, time_budget, log_main)
         if not named:
-            teacher = get_teacher(cfg, bundle, out, log=log_main)
+            teacher = get_teacher(cfg, bundle, out, log=log_main, dist_info=d)
         if time_budget is not None and plan is not None and trains_teacher:
-            replan_student(cfg, plan, out, time_budget, log_main)
+            cfg = replan_student(cfg, plan, out, time_budget, log_main)
     extra = {}
-    tsum = out / "teacher" / "summary.json"
-    if tsum.is_file():
-        extra["teacher_wall_seconds"] = json.loads(tsum.read_text())["wall_seconds"]
+    if RunDir(out).teacher.is_finished():
+        extra["teacher_wall_seconds"] = RunDir(out).teacher.read_summary()["wall_seconds"]
     return fit(cfg, "student", bundle, teacher=teacher, store=store, log=log, resume=resume,
-               force=force, summary_extra=extra, t_start=t0)
+               force=force, summary_extra=extra, t_start=t0, dist_info=d)
 
 
 def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log: Log = print,
                   resume: bool = False, force: bool = False) -> dict:
     """Train a CNN teacher on its own (the offline route to a teacher)."""
-    return fit(_with_out(cfg, "teacher"), "teacher", bundle=bundle, log=log, resume=resume,
-               force=force)
+    d = init_distributed(cfg.device)
+    return fit(_with_out(cfg, "teacher", d), "teacher", bundle=bundle, log=log, resume=resume,
+               force=force, dist_info=d)
 
 
 def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
@@ -233,9 +235,7 @@ def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
         raise ConfigError(f"store dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     t0 = time.perf_counter()
     d = init_distributed(cfg.device)
-    device = resolve_device(cfg.device)
-    if d.enabled and device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
+    device = run_device(cfg, d)
     amp_dtype = resolve_amp(cfg.amp, device)
     root = Path(out).expanduser()
     if d.is_main:
@@ -245,7 +245,7 @@ def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
     if not 1 <= k <= bundle.num_classes:
         raise ConfigError(f"topk must be in 1..{bundle.num_classes} (the class count), got {k}")
     loader, _ = build_loaders(cfg, bundle, device, dist_info=d)
-    teacher = get_teacher(cfg, bundle, root, log=log if d.is_main else quiet)
+    teacher = get_teacher(cfg, bundle, root, log=log if d.is_main else quiet, dist_info=d)
     if teacher is None:
         raise ConfigError("recording a teacher store needs a teacher: give --teacher, or let "
                           "deitkit train one (leave teacher.name empty)")
@@ -276,10 +276,7 @@ def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
         steps = len(loader)
         values = indices = None
         checksums = np.zeros(steps, dtype=np.uint32)
-        for step, (images, labels) in enumerate(loader):
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            images, _ = mix_batch(mixer, images, labels, batch_seed(cfg.seed, epoch, d.rank, step))
+        for step, images, _, _ in student_views(loader, mixer, device, cfg.seed, epoch, d.rank):
             checksums[step] = view_checksum(images)
             with autocast(device, amp_dtype):
                 probs = teacher(images).float().softmax(-1)                # [B, C]

@@ -9,23 +9,21 @@ estimates a run's time before it starts.
 """
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Optional
 
 
+from .build import build_loaders, build_model, build_step, teacher_source
 from .checkpoint import atomic_save
 from .config import ConfigError, TrainConfig
-from .data import DatasetBundle, build_mixer
+from .data import DatasetBundle
 from .distill import DistillationLoss
-from .distill.sources import OnlineTeacher
-from .engine import Step, StepOptions, evaluate, train_one_epoch
-from .fit import build_loaders, build_model, build_optimizer
+from .engine import evaluate, train_one_epoch
 from .models import Teacher, tune_attention
 from .runtime import resolve_amp, resolve_device, rng_state, set_rng_state
 
@@ -52,7 +50,6 @@ def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
     count; plus its evaluations and checkpoint writes. The caller's random streams are left
     as they were."""
     saved = rng_state()
-    cfg = copy.deepcopy(cfg)
     device = resolve_device(cfg.device)
     amp_dtype = resolve_amp(cfg.amp, device)
     train_loader, val_loader = build_loaders(cfg, bundle, device)
@@ -64,16 +61,12 @@ def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
         criterion = DistillationLoss("none", heads="cls")
     model.to(device)
     tune_attention(model, device, amp_dtype)
-    source = None
-    if teacher is not None and criterion.needs_teacher:
-        teacher.to(device)
-        if cfg.teacher.optimize:
-            teacher.optimize(device, amp_dtype)
-        source = OnlineTeacher(teacher, device, amp_dtype)
-    optimizer = build_optimizer(cfg, model, 1e-4)
-    step = Step(model, criterion, optimizer, mixer=build_mixer(cfg.aug, bundle.num_classes),
-                teacher=source)
-    opts = StepOptions(amp_dtype=amp_dtype, progress=False)
+    source = teacher_source(cfg, device, amp_dtype, teacher if criterion.needs_teacher else None)
+    # the run's own step (EMA and Mixup included) at a fixed lr: the schedule costs nothing
+    step, opts = build_step(replace(cfg, progress=False), model, criterion,
+                            num_classes=bundle.num_classes, device=device, amp_dtype=amp_dtype,
+                            lr=1e-4, source=source)
+    optimizer = step.optimizer
     workers = cfg.data.num_workers
     prefetched = 2 * workers  # the DataLoader's default prefetch: 2 batches per worker
     it = iter(train_loader)

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import random
 from contextlib import nullcontext
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from .config import ConfigError
+
+
+Log = Callable[..., None]
+
+
+def quiet(*args, **kwargs) -> None:
+    """A log that says nothing (other ranks, study runs)."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -17,7 +17,7 @@ import torch
 
 from deitkit.config import build_config
 from deitkit.data import load_dataset
-from deitkit.fit import build_loaders
+from deitkit.build import build_loaders
 
 
 def _sync(device: torch.device) -> None:

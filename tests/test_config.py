@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from deitkit.config import ConfigError, build_config, dump_yaml, from_dict, list_recipes
-from deitkit.fit import global_lr
+from deitkit.build import global_lr
 
 
 def test_paper_defaults_are_the_dataclass_defaults():

@@ -10,11 +10,11 @@ import safetensors
 import torch
 from PIL import Image
 
-from deitkit.config import AugConfig, ConfigError, DataConfig, build_config
+from deitkit.config import AugConfig, ConfigError, DataConfig, build_config, replace_keys
 from deitkit.data import load_dataset
 from deitkit.data import device as dd
 from deitkit.data.sampler import RepeatedAugSampler
-from deitkit.fit import build_loaders
+from deitkit.build import build_loaders
 from deitkit.pipeline import train
 
 
@@ -83,7 +83,7 @@ def test_unreadable_images_error_or_are_skipped_and_listed(folder, tmp_path):
     bundle = load_dataset(str(folder))
     with pytest.raises(Exception, match=str(bad.name)):
         build_loaders(cfg, bundle, torch.device("cpu"))
-    cfg.data.on_bad_image = "skip"
+    cfg = replace_keys(cfg, **{"data.on_bad_image": "skip"})  # the config is frozen
     log = tmp_path / "skipped.txt"
     build_loaders(cfg, load_dataset(str(folder)), torch.device("cpu"), log)
     assert str(bad) in log.read_text()

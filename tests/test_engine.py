@@ -32,7 +32,7 @@ def test_teacher_is_frozen_and_outside_the_optimizer():
     assert not ids & {id(p) for p in teacher.parameters()}
     w0 = student.head_dist.weight.clone()
     cpu = torch.device("cpu")
-    step = Step(student, DistillationLoss("hard"), opt, teacher=OnlineTeacher(teacher, cpu))
+    step = Step(model=student, criterion=DistillationLoss("hard"), optimizer=opt, teacher=OnlineTeacher(teacher, cpu))
     stats = train_one_epoch(step, _toy(), cpu, 0, StepOptions(progress=False))
     for k, v in teacher.state_dict().items():  # weights and BatchNorm running stats
         assert torch.equal(v, before[k]), k
@@ -47,7 +47,7 @@ def test_non_finite_loss_stops_with_epoch_and_step():
         student.head.weight.fill_(float("nan"))
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match=r"epoch 3, step 1: loss=nan"):
-        train_one_epoch(Step(student, DistillationLoss("none"), opt), _toy(),
+        train_one_epoch(Step(model=student, criterion=DistillationLoss("none"), optimizer=opt), _toy(),
                         torch.device("cpu"), 2, StepOptions(progress=False))
 
 
@@ -84,7 +84,7 @@ def test_nonfinite_skip_policy_drops_and_counts_the_bad_step():
     loader = DataLoader(TensorDataset(x, torch.randint(0, 4, (32,))), batch_size=8)
     student = _student()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    step, cpu = Step(student, DistillationLoss("none"), opt), torch.device("cpu")
+    step, cpu = Step(model=student, criterion=DistillationLoss("none"), optimizer=opt), torch.device("cpu")
     stats = train_one_epoch(step, loader, cpu, 0, StepOptions(progress=False, nonfinite="skip"))
     assert stats["skipped_steps"] == 1
     assert all(torch.isfinite(p).all() for p in student.parameters())

@@ -8,7 +8,7 @@ from deitkit import create_student, create_teacher, student_forward
 from deitkit.checkpoint import CheckpointError, atomic_save
 from deitkit.config import build_config
 from deitkit.models import DEIT_NAMES, create_cnn, has_dist_token
-from deitkit.fit import check_distillable
+from deitkit.build import check_distillable
 from deitkit.config import ConfigError
 
 

@@ -10,7 +10,7 @@ from deitkit.cli import main
 from deitkit.data import build_mixer, load_dataset
 from deitkit.data import batch_seed, mix_batch
 from deitkit.distill.store import StoreError, TeacherStore, reconstruct_log_probs, view_checksum
-from deitkit.fit import build_loaders
+from deitkit.build import build_loaders
 from deitkit.pipeline import record_store, train_teacher
 
 # Mixup/CutMix, RandAugment, random erasing, repeated augmentation (the deit stack; the data on

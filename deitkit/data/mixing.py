@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
+from torch.profiler import record_function
 from torchvision.transforms import v2
 
 from ..config import AugConfig
@@ -50,3 +51,17 @@ def mix_batch(mixer: Optional[Mixer], images: torch.Tensor, labels: torch.Tensor
         return images, labels
     with ForkRng(seed):
         return mixer(images, labels)                               # targets: [B, C] soft
+
+
+def student_views(loader, mixer: Optional[Mixer], device: torch.device, seed: int, epoch: int,
+                  rank: int = 0):
+    """The views a student sees in `epoch`, batch by batch: (step, views, labels, targets),
+    on `device`, each batch mixed under its own seed (`batch_seed`). The one definition of
+    "what the student sees": the training loop and the teacher store both iterate it, so a
+    stored teacher output belongs to exactly the view it is used with."""
+    for step, (images, labels) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with record_function("mix"):
+            views, targets = mix_batch(mixer, images, labels, batch_seed(seed, epoch, rank, step))
+        yield step, views, labels, targets

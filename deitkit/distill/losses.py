@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DistillKind, Fusion, Heads, KlNorm
+from ..config import DistillKind, Fusion, Heads, KlNorm, heads_kind_problem
 
 
 def base_ce(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -57,10 +57,9 @@ class DistillationLoss(nn.Module):
                                      ("heads", heads, Heads)):  # choices: the config's types
             if value not in get_args(choices):
                 raise ValueError(f"{what} must be one of {get_args(choices)}, got {value!r}")
-        if heads == "cls" and kind != "none":
-            raise ValueError("heads='cls' trains the class head without a teacher: use kind='none'")
-        if heads == "dist" and kind == "none":
-            raise ValueError("heads='dist' trains on teacher labels only: use kind='hard' or 'soft'")
+        problem = heads_kind_problem(kind, heads)
+        if problem:
+            raise ValueError(problem)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.kind, self.alpha, self.tau, self.kl_norm = kind, alpha, tau, kl_norm

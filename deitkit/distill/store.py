@@ -1,8 +1,9 @@
 """Stored teacher outputs: run the teacher once, train many students without it.
 
-`pipeline.record_store` walks every epoch of a run's training stream exactly as `fit` would show it to
-the student: the same sampler order, the same per-item augmentation seeds (see
-`data.sampler`), the same per-batch Mixup/CutMix seed (`engine.batch_seed`). For each batch it
+`pipeline.record_store` walks every epoch of a run's training stream exactly as `fit` shows it to
+the student: both iterate `data.student_views` (the same sampler order, the same per-item
+augmentation seeds, see `data.sampler`, and the same per-batch Mixup/CutMix seed,
+`data.batch_seed`). For each batch it
 keeps the teacher's top-K probabilities (values and class indices) and a crc32 checksum of the
 mixed images. A later run with `distill.store=FOLDER` replays the same views, reads the targets
 instead of running the teacher, and checks the checksums of the first batches of each epoch.
@@ -16,6 +17,7 @@ Layout of a store folder:
     meta.json                 fingerprint of the run it serves, K, dtype, epochs, steps
     epoch-0000-rank0.npz      values [steps, B, K], indices [steps, B, K], checksums [steps]
     teacher/                  the teacher's run folder, when it was trained for this store
+                              (the same place as in a run folder: `RunDir(store).teacher`)
 
 With K = number of classes the stored distribution is the teacher's softmax, so the targets
 are exact (float32) and a stored-output run matches the online-teacher run to float rounding

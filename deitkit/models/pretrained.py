@@ -20,7 +20,7 @@ import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_state_file
+from ..checkpoint import CheckpointError, load_state_file, unwrap_state
 
 HEADS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 
@@ -88,7 +88,7 @@ def _tokens(state: dict, model: nn.Module, log: list[str]) -> dict:
 def adapt_state(state: dict, model: nn.Module, source: str) -> tuple[dict, list[str]]:
     """`state` made to fit `model`; the list says what was changed."""
     log: list[str] = []
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    state = unwrap_state(state)
     hf = from_hugging_face(state)
     if hf is not state:
         log.append("Hugging Face names converted to timm's")

@@ -20,7 +20,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.fx.experimental.optimization import optimize_for_inference
 
-from ..checkpoint import CheckpointError, load_checkpoint, load_state_file
+from ..checkpoint import CheckpointError, load_checkpoint, load_state_file, unwrap_state
+from ..rundir import resolve_checkpoint
 from .student import create_student
 
 
@@ -189,7 +190,7 @@ def _check_classes(teacher_classes: int, dataset_classes: Optional[int], where) 
 
 
 def load_weights(model: nn.Module, state: dict, path) -> None:
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    state = unwrap_state(state)
     own = model.state_dict()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
@@ -214,11 +215,7 @@ def create_teacher(name_or_path: str, num_classes: Optional[int] = None,
     """
     p = Path(name_or_path).expanduser()
     if p.is_dir():
-        for cand in ("checkpoint-best.pt", "checkpoint-last.pt"):
-            if (p / cand).is_file():
-                return _from_deitkit_checkpoint(p / cand, num_classes)
-        raise CheckpointError(f"teacher folder '{p}' holds no checkpoint-best.pt or "
-                              "checkpoint-last.pt (is the teacher run finished?)")
+        return _from_deitkit_checkpoint(resolve_checkpoint(p, what="teacher folder"), num_classes)
     if p.is_file():
         return _from_deitkit_checkpoint(p, num_classes)
     name = name_or_path

@@ -12,15 +12,17 @@ from ..data import build_eval_transform, load_dataset
 from ..models import create_teacher, student_forward
 from ..models.teacher import model_from_checkpoint
 from ..report import gallery_png
+from ..rundir import RunDir
 
 
 def disagreement_gallery(run_dir: Path, out: Path, limit: int = 16) -> list[dict]:
     """Validation images where the class and distillation heads disagree, captioned with the
     truth and the class-head, distillation-head and teacher predictions."""
-    ckpt = load_checkpoint(run_dir / "checkpoint-best.pt")
+    path = RunDir(run_dir).best
+    ckpt = load_checkpoint(path)
     cfg = from_dict(ckpt["config"])
     bundle = load_dataset(cfg.data.name, cfg.data.root, False, digits_size=cfg.data.img_size)
-    model = model_from_checkpoint(ckpt, run_dir / "checkpoint-best.pt").eval()
+    model = model_from_checkpoint(ckpt, path).eval()
     teacher = create_teacher(cfg.teacher.name, num_classes=bundle.num_classes) \
         if cfg.teacher.name else None
     if teacher is not None:

@@ -27,11 +27,12 @@ from typing import Optional
 import torch
 
 from ..checkpoint import atomic_write_text
-from ..config import ConfigError, build_config, load_yaml_file, run_changing_keys, to_dict
-from ..fit import quiet
+from ..config import ConfigError, build_config, run_changing_keys, to_dict
+from ..runtime import quiet
 from ..pipeline import train, train_teacher
 from ..html import write_html
 from ..report import write_report
+from ..rundir import RunDir
 from .catalog import STUDIES
 from .spec import BUDGETS, Budget, RunSpec, TeacherSpec
 
@@ -41,21 +42,15 @@ def run_dir(study_dir: Path, name: str, seed: int) -> Path:
     return study_dir / "runs" / f"{name}-s{seed}"
 
 
-def _read_metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 CURVE_KEYS = ("epoch", "train_top1", "train_clean_top1", "fused_top1", "cls_top1", "dist_top1",
               "train_loss")
 
 
 def collect_run(run: Path) -> dict:
     """summary.json and the per-epoch curve (metrics.jsonl) of a finished run folder."""
-    summary = json.loads((run / "summary.json").read_text())
-    curve = [{k: r.get(k) for k in CURVE_KEYS if k in r} for r in _read_metrics(run)]
+    rd = RunDir(run)
+    curve = [{k: r.get(k) for k in CURVE_KEYS if k in r} for r in rd.read_metrics()]
+    summary = rd.read_summary()
     return {"summary": summary, "curve": curve}
 
 
@@ -90,13 +85,13 @@ class StudyRunner:
         out = self.teacher_path(spec, seed)
         overrides = self.common(seed, out) + [f"model.name={spec.model}", *spec.overrides]
         cfg = build_config(spec.recipe, overrides=self.with_extra(overrides))
-        if (out / "summary.json").is_file():
+        if RunDir(out).is_finished():
             check_finished(out, cfg)  # the key covers the spec; this also the budget's settings
             if str(out) not in self.teachers_trained + self.teachers_reused:
                 self.teachers_reused.append(str(out))
                 self.log(f"  reusing teacher {spec.label or spec.model} from {out}")
             return out
-        resume = (out / "checkpoint-last.pt").is_file()
+        resume = RunDir(out).has_last()
         self.log(f"  {'resuming' if resume else 'training'} teacher {spec.label or spec.model}"
                  f" in {out}")
         if spec.kind == "cnn":
@@ -125,7 +120,7 @@ class StudyRunner:
             out = self.teacher_dir(spec.teacher, seed)
             return {**collect_run(out), "run_dir": str(out)}
         out = run_dir(study_dir, spec.name, seed)
-        finished = (out / "summary.json").is_file()
+        finished = RunDir(out).is_finished()
         overrides = self.common(seed, out) + list(spec.overrides)
         if spec.teacher is not None:  # a finished run needs its teacher's name, not the teacher
             overrides.append(f"teacher.name={self.teacher_ref(spec.teacher, seed, finished)}")
@@ -133,7 +128,7 @@ class StudyRunner:
         if finished:
             check_finished(out, cfg)
         else:
-            resume = (out / "checkpoint-last.pt").is_file()
+            resume = RunDir(out).has_last()
             train(cfg, log=quiet, resume=resume)
         return {**collect_run(out), "run_dir": str(out)}
 
@@ -142,12 +137,9 @@ def matched_checkpoint(teacher_dir: Path, reference_dir: Path) -> tuple[Path, fl
     """(checkpoint, its validation top-1, the reference's best): of `teacher_dir`'s evaluated
     epoch checkpoints, the one whose accuracy is closest to the best of the teacher in
     `reference_dir` (the checkpoint a student of that run folder loads)."""
-    target = json.loads((reference_dir / "summary.json").read_text())["best_fused_top1"]
-    kept = []
-    for row in _read_metrics(teacher_dir):
-        path = teacher_dir / f"checkpoint-epoch-{row['epoch']:03d}.pt"
-        if row.get("fused_top1") is not None and path.is_file():
-            kept.append((abs(row["fused_top1"] - target), path, row["fused_top1"]))
+    target = RunDir(reference_dir).read_summary()["best_fused_top1"]
+    kept = [(abs(row["fused_top1"] - target), path, row["fused_top1"])
+            for path, row in RunDir(teacher_dir).rungs()]
     if not kept:
         raise ConfigError(f"'{teacher_dir}' kept no epoch checkpoints to match "
                           f"'{reference_dir}' with (it needs keep_eval_checkpoints=true)")
@@ -159,7 +151,7 @@ def check_finished(out: Path, cfg) -> None:
     """A finished run is reused only if it was made with the configuration asked for now
     (its teacher included: a teacher's folder name is its key); otherwise a changed study
     definition or budget would silently keep stale numbers."""
-    stored, now = load_yaml_file(out / "config.yaml"), to_dict(cfg)
+    stored, now = RunDir(out).read_config(), to_dict(cfg)
     for c in (stored, now):  # a teacher is its key (folder name), wherever ROOT now lives
         if c.get("teacher", {}).get("name"):
             c["teacher"]["name"] = Path(c["teacher"]["name"]).name
@@ -208,7 +200,7 @@ def _train_parallel(runner: StudyRunner, pairs: list, finished: set, study_dir: 
         t = spec.teacher
         for ts in ([] if t is None else [t.match, t] if t.match else [t]):
             out = runner.teacher_path(ts, seed)
-            if not (out / "summary.json").is_file():
+            if not RunDir(out).is_finished():
                 teachers.setdefault(out, (ts, seed))
     setup = (runner.root, runner.data, runner.budget, runner.device, tuple(runner.extra))
     threads = max(1, torch.get_num_threads() // jobs)
@@ -266,8 +258,7 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
     t0 = time.perf_counter()
     results = []
     pairs = [(s, k) for s in specs for k in range(seeds)]
-    before = {(s.name, k) for s, k in pairs
-              if (run_dir(study_dir, s.name, k) / "summary.json").is_file()}
+    before = {(s.name, k) for s, k in pairs if RunDir(run_dir(study_dir, s.name, k)).is_finished()}
     if jobs > 1:
         _train_parallel(runner, pairs, before, study_dir, jobs, log)
     total = len(pairs)

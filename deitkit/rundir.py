@@ -1,0 +1,176 @@
+"""The run folder: the one module that knows its file names and formats.
+
+A run folder (`deitkit train --out DIR`) holds:
+
+    config.yaml              the resolved configuration
+    metrics.jsonl            one JSON object per epoch (fsynced line by line)
+    checkpoint-last.pt       after every epoch (atomic): the exact resume point
+    checkpoint-best.pt       best fused top-1 so far (atomic)
+    checkpoint-epoch-NNN.pt  with keep_eval_checkpoints: a ladder of new highs (the rungs)
+    summary.json             final metrics and wall time; its presence marks a finished run
+    skipped_images.txt       with data.on_bad_image=skip: one line per skipped file
+    tb/                      TensorBoard scalars
+    teacher/                 the CNN teacher's own run folder, when the run trained one
+
+Everything else reads and writes these through `RunDir`, so a name or a format changes here
+only. Writes are atomic (temporary file, fsync, rename) except the metrics line, which is
+appended and fsynced before the epoch's checkpoint is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint
+from .config import ConfigError, TrainConfig, dump_yaml, load_yaml_file
+
+
+class RunDir:
+    """One run folder. Paths are properties; reading a missing file is an error naming it."""
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.jsonl"
+    LAST = "checkpoint-last.pt"
+    BEST = "checkpoint-best.pt"
+    SUMMARY = "summary.json"
+    SKIPPED = "skipped_images.txt"
+    TB = "tb"
+    TEACHER = "teacher"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RunDir('{self.path}')"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- paths ---------------------------------------------------------------------------------
+    config = property(lambda self: self.path / self.CONFIG)
+    metrics = property(lambda self: self.path / self.METRICS)
+    last = property(lambda self: self.path / self.LAST)
+    best = property(lambda self: self.path / self.BEST)
+    summary = property(lambda self: self.path / self.SUMMARY)
+    skipped = property(lambda self: self.path / self.SKIPPED)
+    tb = property(lambda self: self.path / self.TB)
+
+    @property
+    def teacher(self) -> "RunDir":
+        """The folder of the CNN teacher this run trained (it may not exist)."""
+        return RunDir(self.path / self.TEACHER)
+
+    def rung(self, epoch: int) -> Path:
+        """The kept checkpoint of evaluated epoch `epoch` (keep_eval_checkpoints)."""
+        return self.path / f"checkpoint-epoch-{epoch:03d}.pt"
+
+    # -- state ---------------------------------------------------------------------------------
+    def is_finished(self) -> bool:
+        return self.summary.is_file()
+
+    def has_last(self) -> bool:
+        return self.last.is_file()
+
+    def has_best(self) -> bool:
+        return self.best.is_file()
+
+    def checkpoint(self, last: bool = False, what: str = "run folder") -> Path:
+        """The checkpoint a consumer of this run loads: the best, else the last (`last`: the
+        last only)."""
+        names = (self.LAST,) if last else (self.BEST, self.LAST)
+        for name in names:
+            if (self.path / name).is_file():
+                return self.path / name
+        raise CheckpointError(f"{what} '{self.path}' holds no {' or '.join(names)}"
+                              + ("" if last else " (is the run finished?)"))
+
+    def mkdir(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    # -- config --------------------------------------------------------------------------------
+    def write_config(self, cfg: TrainConfig) -> None:
+        atomic_write_text(dump_yaml(cfg), self.config)
+
+    def read_config(self) -> dict:
+        return load_yaml_file(self.config)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def read_metrics(self, upto_epoch: Optional[int] = None) -> list[dict]:
+        """The epochs' records, in order; with `upto_epoch` only epochs <= it. The one parser
+        of metrics.jsonl: a torn line (a crash mid-write) or a line without an epoch is
+        dropped, a missing file is an empty list."""
+        rows = []
+        if self.metrics.is_file():
+            for line in self.metrics.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    if upto_epoch is None or row["epoch"] <= upto_epoch:
+                        rows.append(row)
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return rows
+
+    def reset_metrics(self, upto_epoch: int = 0) -> None:
+        """Keep the records of epochs <= upto_epoch (a resume point), atomically."""
+        rows = self.read_metrics(upto_epoch) if upto_epoch > 0 else []
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), self.metrics)
+
+    def append_metrics(self, record: dict) -> None:
+        """One epoch's line, flushed and fsynced (before that epoch's checkpoint)."""
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_last(self, ckpt: dict) -> None:
+        atomic_save(ckpt, self.last)
+
+    def save_best(self, ckpt: dict) -> None:
+        atomic_save(ckpt, self.best)
+
+    def save_rung(self, ckpt: dict, epoch: int) -> None:
+        atomic_save(ckpt, self.rung(epoch))
+
+    def load_last(self) -> dict:
+        return load_checkpoint(self.last)
+
+    def rungs(self) -> list[tuple[Path, dict]]:
+        """(kept checkpoint, its epoch's metrics record) of every evaluated epoch that kept one."""
+        return [(self.rung(r["epoch"]), r) for r in self.read_metrics()
+                if r.get("fused_top1") is not None and self.rung(r["epoch"]).is_file()]
+
+    # -- summary -------------------------------------------------------------------------------
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", self.summary)
+
+    def read_summary(self) -> dict[str, Any]:
+        if not self.summary.is_file():
+            raise ConfigError(f"'{self.path}' holds no {self.SUMMARY} (is the run finished?)")
+        try:
+            return json.loads(self.summary.read_text())
+        except ValueError as e:
+            raise ConfigError(f"'{self.summary}' is not valid JSON ({e})") from None
+
+    # -- skipped images ------------------------------------------------------------------------
+    def skipped_count(self) -> int:
+        """How many distinct image files were skipped (a file is listed once per time it was
+        met: the first tab-separated field names it)."""
+        if not self.skipped.is_file():
+            return 0
+        return len({line.split("\t")[0] for line in self.skipped.read_text().splitlines()
+                    if line})
+
+    def clear_skipped(self) -> None:
+        if self.skipped.exists():
+            self.skipped.unlink()
+
+
+def resolve_checkpoint(src: str | Path, last: bool = False, what: str = "run folder") -> Path:
+    """A checkpoint file from a run folder (its best, else last; `last`: its last) or a file."""
+    p = Path(src).expanduser()
+    if p.is_dir():
+        return RunDir(p).checkpoint(last=last, what=what)
+    return p
