@@ -18,15 +18,22 @@
 # cosine, 1 warm-up epoch, bf16, hard token distillation from the same teacher weights.
 # The teacher is timm's plain `resnet18` (7x7 stem): timm's train.py builds its teacher from a
 # timm name, which cannot express deitkit's CIFAR stem (model.small_stem).
-# timm's train.py is scripts/peers/timm_train.py (from timm's repository); its one change,
-# written below: `--kd-teacher-path FILE`, handed to TokenDistillationTask's
-# `teacher_pretrained_path` (its --kd-model-name alone loads hub weights only).
+# timm's train.py is not part of this project: TIMM_TRAIN names it (default peers/timm/train.py,
+# an ignored folder). Fetch it before the run, on a machine with the internet, and carry the
+# folder to the GPU machine:
+#   git clone --depth 1 https://github.com/huggingface/pytorch-image-models peers/timm
+# Its one change, made below on a copy under $OUT: `--kd-teacher-path FILE`, handed to
+# TokenDistillationTask's `teacher_pretrained_path` (its --kd-model-name alone loads hub
+# weights only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/deitkit-e2e}; mkdir -p "$OUT"
 EPOCHS=${EPOCHS:-3}; BATCH=${BATCH:-256}; BIG_BATCH=${BIG_BATCH:-1024}; WORKERS=${WORKERS:-14}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-4}; DEVICE=${DEVICE:-cuda}; AMP=${AMP:-bf16}
 STEP_TIMEOUT=${STEP_TIMEOUT:-240}; PY=${PY:-python3}
+TIMM_TRAIN=${TIMM_TRAIN:-peers/timm/train.py}
+[ -f "$TIMM_TRAIN" ] || { echo "timm's train.py not found at TIMM_TRAIN=$TIMM_TRAIN (see the" \
+  "header of $0 for how to fetch it)" >&2; exit 2; }
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 if [ -z "${DATA:-}" ]; then
@@ -66,9 +73,9 @@ safetensors.torch.save_file({k: v.contiguous() for k, v in ck["model"].items()},
 EOF
 
 # 2. timm's train.py with its one change
-$PY - "$OUT/timm_train.py" <<'EOF'
+$PY - "$TIMM_TRAIN" "$OUT/timm_train.py" <<'EOF'
 import sys
-src = open("scripts/peers/timm_train.py").read()
+src = open(sys.argv[1]).read()
 arg = "parser.add_argument('--kd-model-name'"
 assert arg in src, "timm's train.py changed: --kd-model-name not found"
 src = src.replace(arg, "parser.add_argument('--kd-teacher-path', default=None, type=str)\n" + arg, 1)
@@ -76,7 +83,7 @@ at = src.index("task = TokenDistillationTask(")
 kw = "teacher_model=args.kd_model_name,"
 i = src.index(kw, at) + len(kw)
 src = src[:i] + "\n                teacher_pretrained_path=args.kd_teacher_path," + src[i:]
-open(sys.argv[1], "w").write(src)
+open(sys.argv[2], "w").write(src)
 EOF
 lr() { $PY -c "print(5e-4 * $1 / 512)"; }
 amp_timm=(); [ "$AMP" = bf16 ] && amp_timm=(--amp --amp-dtype bfloat16)

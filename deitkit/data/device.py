@@ -206,8 +206,6 @@ class DeviceTrainLoader:
     """Training batches (normalised float [B, 3, S, S], labels [B]) on the device: a gather
     from the cache by the sampler's order, then `DeviceAugment` seeded per item."""
 
-    views = "device"
-
     def __init__(self, images: torch.Tensor, targets: torch.Tensor,
                  sampler: RepeatedAugSampler, batch_size: int, augment: DeviceAugment,
                  seed: int):

@@ -410,11 +410,6 @@ class DeviceAugment:
                 "zeros": torch.zeros(3, device=device)}
         return self._consts[device]
 
-    @property
-    def fill(self) -> torch.Tensor:
-        """timm's RandAugment fill (the mean colour, 0..255), on the CPU (tests, reference)."""
-        return torch.tensor(self.fill_rgb, dtype=torch.float32)
-
     def crop_flip(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
         S = self.size
