@@ -298,6 +298,43 @@ def matmul_time_share(run: Callable, batches: list) -> float:
     return mm / total if total else 0.0
 
 
+def time_round_robin(variants: list[Variant], batches: list, repeats: int, images: int,
+                     device: torch.device, before_round: Callable[[int], None] = lambda r: None,
+                     log=print) -> dict[str, float]:
+    """Time every configuration `repeats` times, round-robin (repeat 1 of each, then repeat 2
+    of each, ...), so a machine whose speed drifts hits all alike; return images/s of each,
+    from the median of its repeats (`images` per call)."""
+    for r in range(repeats):
+        before_round(r)
+        for v in variants:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            v.times.append(v.run_fn(batches))
+            if device.type == "cuda":
+                v.peak_mem = max(v.peak_mem or 0, torch.cuda.max_memory_allocated(device))
+        log(f"  repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{v.name} {images / v.times[-1]:.0f}" for v in variants))
+    return {v.name: images / statistics.median(v.times) for v in variants}
+
+
+def speed_ratios(ips: dict[str, float], variants: list[Variant], precs: list[str]) -> dict:
+    """The speed figures against the reference step: each configuration's ratio, our fp32
+    step's, the best accurate configuration's (online or stored teacher), and the time ratio
+    of the stored-output step over the no-teacher step."""
+    ref = ips["reference_fp32"]
+    accurate = [v.name for v in variants if v.kind in ("online", "stored")]
+    best = max(accurate, key=lambda k: ips[k])
+    stored_p = "bf16" if "bf16" in precs else "fp32"
+    return {"images_per_second": ips,
+            "ratio_vs_reference": {k: v / ref for k, v in ips.items()},
+            "ratio_fp32_vs_reference": ips["ours_fp32"] / ref,
+            "ratio_best_vs_reference": ips[best] / ref, "best_configuration": best,
+            # a time ratio: distilled step with stored outputs over the no-teacher step
+            "stored_over_nodistill": (ips[f"ours_nodistill_{stored_p}"]
+                                      / ips[f"ours_stored_{stored_p}"]),
+            "stored_over_nodistill_precision": stored_p}
+
+
 def run_bench(cfg: BenchConfig, log=print) -> dict:
     device = resolve_device(cfg.device)
     precisions = cfg.precisions
@@ -345,7 +382,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     tokens = cfg.batch_size * (student.patch_embed.num_patches + student.num_prefix_tokens)
     dim = student.embed_dim
     peaks: dict[str, list[float]] = {"fp32": [], "bf16": [], "model_shapes_fp32": []}
-    for r in range(cfg.repeats):
+    def measure_peaks(r: int) -> None:
         # the matmul peak is measured in every round too, so it sees the same machine state
         peaks["fp32"].append(matmul_peak(device, torch.float32, n))
         if "bf16" in precs:
@@ -353,16 +390,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         # the student's own largest matmul, [B*N, D] x [D, 4D] (the MLP): what its shapes allow
         peaks["model_shapes_fp32"].append(matmul_peak(device, torch.float32, 0,
                                                       shape=(tokens, dim, 4 * dim)))
-        for v in variants:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            v.times.append(v.run_fn(batches))
-            if device.type == "cuda":
-                v.peak_mem = max(v.peak_mem or 0, torch.cuda.max_memory_allocated(device))
-        log(f"  repeat {r + 1}/{cfg.repeats}: " + ", ".join(
-            f"{v.name} {cfg.batch_size * n_batches / v.times[-1]:.0f}" for v in variants))
-    ips = {v.name: cfg.batch_size * n_batches / statistics.median(v.times) for v in variants}
-    ref = ips["reference_fp32"]
+    ips = time_round_robin(variants, batches, cfg.repeats, cfg.batch_size * n_batches, device,
+                           before_round=measure_peaks, log=log)
 
     # FLOPs of one student training step (forward + backward) and one teacher forward
     x = batches[0][0]
@@ -397,19 +426,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             times.append(time.perf_counter() - t0)
         ev[f"eval_images_per_second_{p}"] = cfg.batch_size * n_batches / statistics.median(times)
 
-    accurate = [v.name for v in variants if v.kind in ("online", "stored")]
-    best = max(accurate, key=lambda k: ips[k])
-    stored_p = "bf16" if "bf16" in precs else "fp32"
+    ref = ips["reference_fp32"]
     res = {
         "config": asdict(cfg), "device": str(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "timm": __import__("timm").__version__,
-        "images_per_second": ips,
-        "ratio_vs_reference": {k: v / ref for k, v in ips.items()},
-        "ratio_fp32_vs_reference": ips["ours_fp32"] / ref,
-        "ratio_best_vs_reference": ips[best] / ref, "best_configuration": best,
-        # a time ratio: distilled step with stored outputs over the no-teacher step
-        "stored_over_nodistill": ips[f"ours_nodistill_{stored_p}"] / ips[f"ours_stored_{stored_p}"],
-        "stored_over_nodistill_precision": stored_p,
+        **speed_ratios(ips, variants, precs),
         "student_step_gflop": student_flops / 1e9, "teacher_forward_gflop": teacher_flops / 1e9,
         "matmul_peak_fp32_gflops": peak_fp32 / 1e9,
         "matmul_peak_bf16_gflops": None if peak_bf16 is None else peak_bf16 / 1e9,

@@ -64,4 +64,4 @@ def test_cli_without_recipe_picks_trains_and_says_why(tmp_path, monkeypatch, cap
     assert "time budget 0.6 min: chose teacher" in said
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] >= 1 and summary["fused_top1"] is not None
-    assert summary["regime"] in ("still learning", "over-fitting", "fitted")
+    assert summary["regime_text"].startswith(summary["regime"]) and summary["regime"] != "unknown"

@@ -185,5 +185,5 @@ def test_a_short_cifar_run_through_either_pipeline(folder, tmp_path, on_device):
     s = train(cfg, log=lambda *a: lines.append(" ".join(map(str, a))))
     said = [line for line in lines if line.startswith("data: ")]
     assert said and all(("augmented there" in line) == on_device for line in said)
-    assert s["eval_images"] == 50 and 0.0 <= s["fused_top1"] <= 1.0
+    assert s["eval_images"] == 50
     assert s["train_clean_top1"] is not None

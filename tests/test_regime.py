@@ -45,7 +45,7 @@ def test_measuring_an_epoch_leaves_the_random_streams_alone():
     before = rng_state()
     seconds = plan.measure_epoch(cfg, "student", bundle)
     after = rng_state()
-    assert seconds > 0
+    assert seconds > 0  # (a measurement was made; the streams are the point)
     assert torch.equal(before["torch"], after["torch"])
     assert torch.equal(before["numpy"][0], after["numpy"][0])
 
@@ -80,19 +80,18 @@ def test_time_budget_sets_both_epoch_counts(tmp_path, monkeypatch):
     monkeypatch.setattr("deitkit.pipeline.process_seconds", lambda: 10.0)
     lines = []
     cfg = build_config("quickstart", overrides=[f"out={tmp_path / 'r'}", *TINY])
-    te, se = cfg.teacher.train_epochs, cfg.epochs     # the recipe's 8 and 24
-    budget = 0.92 * (60 - 10)                         # 46 s
-    scale = budget / (te * 2.0 + se * 3.0)            # 0.52
-    teacher_epochs = int(te * scale)                  # 4
-    student_epochs = int((budget - teacher_epochs * 2.0) / 3.0)  # 12
-    assert (teacher_epochs, student_epochs) == (4, 12)
+    te, se = cfg.teacher.train_epochs, cfg.epochs     # the recipe's 8 and 24: 88 s, too long
+    planned = 0.92 * (60 - 10)                        # 46 s may be planned
     summary = train(cfg, log=lines.append, time_budget=1.0)
-    assert summary["epochs"] == student_epochs
     teacher = json.loads((tmp_path / "r" / "teacher" / "summary.json").read_text())
-    assert teacher["epochs"] == teacher_epochs
-    said = next(line for line in lines if line.startswith("time budget 1 min"))
-    assert f"teacher {teacher_epochs} epochs" in said and f"student {student_epochs} epochs" in said
-    assert any("remaining" in line and "on this machine" in line for line in lines)
+    t, s = teacher["epochs"], summary["epochs"]
+    assert 1 <= t < te and 1 <= s < se
+    assert t * 2.0 + s * 3.0 <= planned               # the plan fits the budget ...
+    assert t * 2.0 + (s + 1) * 3.0 > planned          # ... and leaves no student epoch unused
+    assert abs(t / te - s / se) < 0.1                 # both cut by about the same factor
+    said = next(line for line in lines if line.startswith("time budget"))
+    assert f"teacher {t} " in said and f"student {s} " in said  # what it chose is said
+    assert any("remaining" in line for line in lines)
 
 
 def test_a_budget_too_short_is_refused(tmp_path, monkeypatch):
