@@ -40,7 +40,7 @@ class SlurmTask:
         return self.entry(self.argv)
 
 
-def submit(entry: Callable[[list[str]], int], argv: list[str], folder: str, nodes: int = 1,
+def submit(entry: Callable[[list[str]], int], argv: list[str], *, folder: str, nodes: int = 1,
            gpus_per_node: int = 8,
            cpus_per_task: int = 10, timeout_min: int = 60 * 24, partition: Optional[str] = None,
            port: int = 29500, job_name: str = "deitkit", cluster: Optional[str] = None):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from deitkit.rundir import RunDir
+
 TIMING = ("epoch_seconds", "images_per_second")
 CONFIG = ["--no-progress", "--epochs", "4", "data.train_fraction=0.12", "data.batch_size=32",
           "model.overrides={depth: 2}", "aug.mixup=0.8", "aug.cutmix=1.0", "aug.repeated_aug=3",
@@ -36,15 +38,14 @@ def deitkit(*args: str) -> list[str]:
 
 
 def metrics(run: Path) -> list[dict]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in RunDir(run).read_metrics()]
 
 
 def same(a: Path, b: Path) -> bool:
     if metrics(a) != metrics(b):
         return False
-    wa = torch.load(a / "checkpoint-last.pt", weights_only=True)
-    wb = torch.load(b / "checkpoint-last.pt", weights_only=True)
+    wa = torch.load(RunDir(a).last, weights_only=True)
+    wb = torch.load(RunDir(b).last, weights_only=True)
     return all(torch.equal(wa[p][k], wb[p][k]) for p in ("model", "ema") for k in wa[p])
 
 
@@ -89,8 +90,8 @@ def main() -> int:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
-                last = run / "checkpoint-last.pt"
-                for ck in (last, run / "checkpoint-best.pt"):
+                last = RunDir(run).last
+                for ck in (last, RunDir(run).best):
                     if ck.exists() and not loads(ck):
                         corrupted += 1
                         print(f"CORRUPT after kill {kills}: {ck}", flush=True)

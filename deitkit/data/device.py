@@ -244,7 +244,7 @@ class DeviceEvalLoader:
             yield normalize(self.images[i], self.mean, self.std), self.targets[i]
 
 
-def device_loaders(data: DataConfig, aug: AugConfig, train: TransformDataset,
+def device_loaders(*, data: DataConfig, aug: AugConfig, train: TransformDataset,
                    val: TransformDataset, device: torch.device, sampler: RepeatedAugSampler,
                    val_indices, seed: int, progress: bool = True,
                    skip_log: Optional[Path] = None, log: Callable[..., None] = print):
