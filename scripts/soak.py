@@ -13,7 +13,6 @@ the exit status is 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import signal
