@@ -64,6 +64,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="continue RUN_DIR from its last checkpoint, exactly")
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept configuration changes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (refused without it)")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="set the teacher's and student's epochs so that the whole run ends "
                         "within MINUTES on this machine (measured on the first steps)")
@@ -74,6 +76,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--force", action="store_true",
                    help="with --resume: accept configuration changes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (refused without it)")
 
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
     p.add_argument("run", help="run folder (uses checkpoint-best.pt) or checkpoint file")
@@ -206,8 +210,9 @@ def _config_from(args):
         overrides.append("progress=false")
     if args.resume:
         run = RunDir(args.resume)
-        if not run.has_last():
-            raise ConfigError(f"cannot resume '{run}': it holds no {RunDir.LAST}")
+        if not run.config.is_file():
+            raise ConfigError(f"cannot resume '{run}': it holds no {RunDir.CONFIG} (not a "
+                              "deitkit run folder, or a run stopped before it began)")
         overrides.append(f"out={run}")
         if not (args.recipe or args.config):  # the stored config, plus what is given here
             cfg = from_dict(run.read_config(), source=f"config file '{run.config}'")
@@ -337,9 +342,10 @@ def cmd_train(args, argv) -> int:
         return 0
     if args.command == "train":
         summary = train(cfg, resume=bool(args.resume), force=args.force,
-                        time_budget=args.time_budget)
+                        time_budget=args.time_budget, overwrite=args.overwrite)
     else:
-        summary = train_teacher(cfg, resume=bool(args.resume), force=args.force)
+        summary = train_teacher(cfg, resume=bool(args.resume), force=args.force,
+                                overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
         print(format_summary(summary))
     return 0

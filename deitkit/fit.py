@@ -41,6 +41,7 @@ class TrainState:
     kept_top1: float = -1.0    # top-1 of the last epoch checkpoint kept (keep_eval_checkpoints)
     record: dict = field(default_factory=dict)   # metrics of the last finished epoch
     rng: list = field(default_factory=list)      # every rank's random streams, rank order
+    seconds: float = 0.0       # wall time of the run up to the last checkpoint, all segments
 
     def to_checkpoint(self, run: Run, full: bool = True) -> dict:
         """A checkpoint of `run` at this state: the weights, meta, config and metrics (what
@@ -55,14 +56,15 @@ class TrainState:
                          "ema": s.ema.module.state_dict() if s.ema is not None else None,
                          "scaler": s.scaler.state_dict() if s.scaler is not None else None,
                          "best": self.best, "best_epoch": self.best_epoch,
-                         "kept_top1": self.kept_top1, "rng": self.rng})
+                         "kept_top1": self.kept_top1, "rng": self.rng,
+                         "seconds": self.seconds})
         return ckpt
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "TrainState":
         return cls(epoch=ckpt["epoch"], best=ckpt["best"], best_epoch=ckpt["best_epoch"],
                    kept_top1=ckpt.get("kept_top1", -1.0), record=ckpt["metrics"],
-                   rng=ckpt["rng"])
+                   rng=ckpt["rng"], seconds=ckpt.get("seconds", 0.0))
 
     def restore(self, ckpt: dict, run: Run, where) -> None:
         """Load `ckpt`'s pieces into `run` and this process's random streams."""
@@ -124,7 +126,7 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         rd.write_config(cfg)
     tb = SummaryWriter(str(rd.tb)) if (cfg.tensorboard and d.is_main) else None
     log(_banner(run, rd))
-    first = state.epoch
+    first, earlier = state.epoch, state.seconds  # earlier: the segments before a resume
     bar = tqdm(range(first, cfg.epochs), desc=role, disable=not cfg.progress,
                dynamic_ncols=True, initial=first, total=cfg.epochs)
     for epoch in bar:
@@ -137,6 +139,7 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         record["skipped_images"] = rd.skipped_count()
         improved = state.finish_epoch(record)
         state.rng = gather_objects(rng_state())  # every rank's streams, for an exact resume
+        state.seconds = earlier + time.perf_counter() - t_start
         if d.is_main:
             _save_epoch(rd, run, state, improved, tb)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}",
@@ -148,8 +151,8 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
     bar.close()
     if tb is not None:
         tb.close()
-    summary = _summary(run, rd, state, {**(summary_extra or {}),
-                                        "wall_seconds": time.perf_counter() - t_start})
+    summary = _summary(run, rd, state, {**(summary_extra or {}), "wall_seconds":
+                                        earlier + time.perf_counter() - t_start})
     if d.is_main:
         rd.write_summary(summary)
     barrier()  # no rank reads the run folder (e.g. a teacher) before rank 0 has written it

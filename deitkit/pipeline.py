@@ -8,9 +8,11 @@ both to `fit`, which trains the student. `train_teacher(cfg)` fits a CNN on its 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -19,7 +21,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .build import build_loaders, data_decision, load_bundle, run_device
-from .config import ConfigError, Role, TrainConfig, build_config, replace_keys, to_dict
+from .config import (ConfigError, Role, TrainConfig, build_config, recipe_dict, replace_keys,
+                     run_changing_keys, to_dict)
 from .data import DatasetBundle, build_mixer, student_views
 from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, check_fingerprint,
                             epoch_file, fingerprint, open_store, read_meta, save_epoch,
@@ -32,33 +35,65 @@ from .rundir import RunDir
 from .runtime import Log, autocast, quiet, resolve_amp
 
 
-def default_out(cfg: TrainConfig, role: Role) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.recipe.name or role}-{stamp}"
+def _open_run(cfg: TrainConfig, role: Role, d: DistInfo, resume: bool,
+              overwrite: bool) -> tuple[TrainConfig, RunDir, Optional[dict]]:
+    """The run folder: for a new run, claimed (a folder holding another run is refused unless
+    `overwrite`; without --out a new folder runs/<recipe>-<time>, created exclusively); for a
+    resumed one, as it is. The third item is the summary of a resumed run that had finished
+    (nothing is to be done)."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+    if not cfg.out:
+        if d.enabled:
+            raise ConfigError("give --out when running under torchrun (every process must "
+                              "agree on the run folder)")
+        cfg = replace(cfg, out=str(RunDir.new_unique("runs", cfg.recipe.name or role).path))
+    rd = RunDir(cfg.out)
+    if resume:  # finished with the same configuration: nothing to do (--force may extend it)
+        done = rd.is_finished() and not run_changing_keys(rd.read_config(), to_dict(cfg))
+        return cfg, rd, rd.read_summary() if done else None
+    rd.claim(overwrite, delete=d.is_main)
+    barrier()  # every rank sees the folder claimed before any writes to it
+    return cfg, rd, None
 
 
-def _with_out(cfg: TrainConfig, role: Role, d: DistInfo) -> TrainConfig:
-    if not cfg.out and d.enabled:
-        raise ConfigError("give --out when running under torchrun (every process must agree "
-                          "on the run folder)")
-    return replace(cfg, out=str(cfg.out or default_out(cfg, role)))
+def _finished(rd: RunDir, summary: dict, log: Log) -> dict:
+    log(f"'{rd}' is a finished run ({summary.get('epochs')} epochs, fused top-1 "
+        f"{summary.get('fused_top1')}): nothing to resume, nothing changed")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
 # the teacher
 
 def teacher_config_for(cfg: TrainConfig, out: Path) -> TrainConfig:
-    """The CNN-teacher run that a student run needs: same data, split and seed."""
-    tcfg = build_config(cfg.teacher.train_recipe, overrides=list(cfg.teacher.train_overrides))
-    shared = {f"data.{key}": copy.deepcopy(getattr(cfg.data, key))
-              for key in ("name", "root", "download", "img_size", "train_fraction",
-                          "fraction_seed", "num_workers", "on_device", "device_share",
-                          "cache_dir", "mean", "std")}
+    """The CNN-teacher run that a student run needs: same data, split and seed. By rule, every
+    `data.*` setting of the student carries over except those the teacher's own recipe or
+    `teacher.train_overrides` set (the teacher recipe's batch size, say)."""
+    overrides = list(cfg.teacher.train_overrides)
+    tcfg = build_config(cfg.teacher.train_recipe, overrides=overrides)
+    own = {f"data.{k}" for k in recipe_dict(cfg.teacher.train_recipe).get("data", {})}
+    own |= {o.split("=", 1)[0].strip() for o in overrides}
+    shared = {f"data.{f.name}": copy.deepcopy(getattr(cfg.data, f.name))
+              for f in dataclasses.fields(cfg.data) if f"data.{f.name}" not in own}
     if cfg.teacher.train_epochs is not None:
         shared["epochs"] = cfg.teacher.train_epochs
     return replace_keys(tcfg, **shared, **{"model.name": cfg.teacher.train_model},
                         seed=cfg.seed, amp=cfg.amp, device=cfg.device, progress=cfg.progress,
                         out=str(out))
+
+
+@contextmanager
+def teacher_settings(cfg: TrainConfig, tdir: Path):
+    """A configuration error of the teacher run a student run trains is reported with where
+    its settings are given: the student run's teacher.train_overrides."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(
+            f"the teacher run in '{tdir}' (recipe {cfg.teacher.train_recipe}): {e}. Its "
+            "settings are given as teacher.train_overrides=[key=value, ...] (now "
+            f"{list(cfg.teacher.train_overrides)})") from None
 
 
 def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
@@ -80,7 +115,8 @@ def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
             resume = tdir.has_last()
             log(f"no teacher given: {'resuming' if resume else 'training'} a {tcfg.model.name} "
                 f"teacher for {tcfg.epochs} epochs (recipe {cfg.teacher.train_recipe}) in {tdir}")
-            fit(tcfg, "teacher", bundle=bundle, log=log, resume=resume, dist_info=dist_info)
+            with teacher_settings(cfg, tdir.path):
+                fit(tcfg, "teacher", bundle=bundle, log=log, resume=resume, dist_info=dist_info)
         teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
     teacher.set_student_norm(cfg.data.mean, cfg.data.std)
     return teacher
@@ -136,7 +172,8 @@ def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optio
     budget = None
     if budget_minutes is not None:  # 8 % kept for the estimate's error and the final summary
         budget = 0.92 * (60 * budget_minutes - process_seconds())
-    plan = plan_run(cfg, tcfg, bundle, stand_in, budget)
+    plan = plan_run(cfg, tcfg, bundle, stand_in, budget,
+                    teacher_errors=teacher_settings(cfg, out / RunDir.TEACHER))
     parts = ([f"teacher {plan.teacher_epochs} epochs x {plan.teacher_epoch_seconds:.1f} s"]
              if plan.teacher_epochs else [])
     parts.append(f"student {plan.student_epochs} epochs x {plan.student_epoch_seconds:.1f} s")
@@ -172,19 +209,24 @@ def replan_student(cfg: TrainConfig, plan: Plan, out: Path, budget_minutes: floa
 
 
 def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool = False,
-          time_budget: Optional[float] = None) -> dict:
+          time_budget: Optional[float] = None, overwrite: bool = False) -> dict:
     """Train a DeiT student (and, if needed, its CNN teacher first); return the summary.
 
-    time_budget: minutes for the whole run (teacher included), counted from the start of the
-    process; the epochs of the teacher and the student are scaled to fit (new runs only)."""
+    resume: continue the run in `cfg.out` from wherever it stopped (its teacher's training
+    included); a finished run is left as it is. overwrite: replace a run already in `cfg.out`
+    (refused otherwise). time_budget: minutes for the whole run (teacher included), counted
+    from the start of the process; the epochs of the teacher and the student are scaled to
+    fit (new runs only)."""
     t0 = time.perf_counter()
     d = init_distributed(cfg.device)
     if time_budget is not None and (resume or d.enabled):
         raise ConfigError("--time-budget sets the epochs of a new single-process run; it "
                           "cannot be combined with --resume or torchrun")
-    cfg = _with_out(cfg, "student", d)
-    out = Path(cfg.out)
     log_main = log if d.is_main else quiet
+    cfg, rd, done = _open_run(cfg, "student", d, resume, overwrite)
+    if done is not None:
+        return _finished(rd, done, log_main)
+    out = rd.path
     bundle = load_bundle(cfg)
     store: Optional[TeacherStore] = None
     if cfg.distill.store and cfg.distill.kind != "none":
@@ -205,6 +247,8 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
         plan, trains_teacher = None, _teacher_to_train(cfg, out) is not None
         if not resume and not d.enabled:
             plan, cfg = plan_time(cfg, bundle, out, teacher, time_budget, log_main)
+        if d.is_main and not resume:  # before the teacher: a run stopped there can be resumed
+            rd.write_config(cfg)
         if not named:
             teacher = get_teacher(cfg, bundle, out, log=log_main, dist_info=d)
         if time_budget is not None and plan is not None and trains_teacher:
@@ -212,15 +256,20 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
     extra = {}
     if RunDir(out).teacher.is_finished():
         extra["teacher_wall_seconds"] = RunDir(out).teacher.read_summary()["wall_seconds"]
-    return fit(cfg, "student", bundle, teacher=teacher, store=store, log=log, resume=resume,
-               force=force, summary_extra=extra, t_start=t0, dist_info=d)
+    return fit(cfg, "student", bundle, teacher=teacher, store=store, log=log,
+               resume=resume and rd.has_last(), force=force, summary_extra=extra, t_start=t0,
+               dist_info=d)
 
 
 def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log: Log = print,
-                  resume: bool = False, force: bool = False) -> dict:
-    """Train a CNN teacher on its own (the offline route to a teacher)."""
+                  resume: bool = False, force: bool = False, overwrite: bool = False) -> dict:
+    """Train a CNN teacher on its own (the offline route to a teacher); `resume` and
+    `overwrite` as for `train`."""
     d = init_distributed(cfg.device)
-    return fit(_with_out(cfg, "teacher", d), "teacher", bundle=bundle, log=log, resume=resume,
+    cfg, rd, done = _open_run(cfg, "teacher", d, resume, overwrite)
+    if done is not None:
+        return _finished(rd, done, log if d.is_main else quiet)
+    return fit(cfg, "teacher", bundle=bundle, log=log, resume=resume and rd.has_last(),
                force=force, dist_info=d)
 
 

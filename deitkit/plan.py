@@ -10,6 +10,7 @@ estimates a run's time before it starts.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -113,11 +114,16 @@ class _Counted:
 
 
 def plan_run(cfg: TrainConfig, teacher_cfg: Optional[TrainConfig], bundle: DatasetBundle,
-             stand_in: Optional[Teacher], budget_seconds: Optional[float] = None) -> Plan:
+             stand_in: Optional[Teacher], budget_seconds: Optional[float] = None,
+             teacher_errors=None) -> Plan:
     """Measure the epochs of the teacher run `teacher_cfg` (None: no teacher to train) and of
     the student run `cfg` (distilling from `stand_in`, a teacher of the same cost); with a
-    budget, scale both epoch counts by one factor so that the run fits."""
-    t_s = measure_epoch(teacher_cfg, "teacher", bundle) if teacher_cfg is not None else 0.0
+    budget, scale both epoch counts by one factor so that the run fits. `teacher_errors`: a
+    context the teacher's measurement runs in (to say where its settings are given)."""
+    t_s = 0.0
+    if teacher_cfg is not None:
+        with teacher_errors or nullcontext():
+            t_s = measure_epoch(teacher_cfg, "teacher", bundle)
     s_s = measure_epoch(cfg, "student", bundle, stand_in)
     plan = Plan(teacher_cfg.epochs if teacher_cfg is not None else 0, t_s, cfg.epochs, s_s)
     if budget_seconds is None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,6 +40,9 @@ class RunDir:
     SKIPPED = "skipped_images.txt"
     TB = "tb"
     TEACHER = "teacher"
+
+    # what a run writes into its folder (the rungs, checkpoint-epoch-NNN.pt, besides)
+    RUN_FILES = (CONFIG, METRICS, LAST, BEST, SUMMARY, SKIPPED, TB, TEACHER)
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
@@ -87,7 +92,70 @@ class RunDir:
                               + ("" if last else " (is the run finished?)"))
 
     def mkdir(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(f"run folder '{self.path}' is a file, not a folder: give another "
+                              "--out") from None
+        except OSError as e:
+            raise ConfigError(f"cannot create the run folder '{self.path}': {e.strerror}") from None
+
+    def holdings(self) -> list[str]:
+        """The names of a run's files this folder holds (empty: none; a folder of other files
+        holds none)."""
+        if not self.path.is_dir():
+            return []
+        held = [n for n in self.RUN_FILES if (self.path / n).exists()]
+        return held + sorted(p.name for p in self.path.glob("checkpoint-epoch-*.pt"))
+
+    def describe(self) -> str:
+        """What kind of run this folder holds, in words."""
+        if self.is_finished():
+            return "a finished run"
+        if self.has_last():
+            try:
+                return f"an interrupted run (last checkpoint after epoch {self.load_last()['epoch']})"
+            except CheckpointError:
+                return "an interrupted run (its last checkpoint is unreadable)"
+        if self.teacher.holdings():
+            return "a run that stopped while its teacher was trained"
+        return "a run that stopped before its first checkpoint"
+
+    def claim(self, overwrite: bool = False, delete: bool = True) -> None:
+        """Make this folder a new run's. An absent or empty folder (or one of other files) is
+        taken; one holding a run is refused, naming what it holds, unless `overwrite`: then
+        that run's files, and only those, are deleted first (by this process when `delete`;
+        other ranks only check)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"run folder '{self.path}' is a file, not a folder: give another "
+                              "--out")
+        held = self.holdings()
+        if held and not overwrite:
+            raise ConfigError(
+                f"'{self.path}' already holds {self.describe()} ({', '.join(held)}): continue "
+                f"it with --resume {self.path}, replace it with --overwrite, or give another "
+                "--out")
+        if delete:
+            for name in held:
+                target = self.path / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            self.mkdir()
+
+    @classmethod
+    def new_unique(cls, parent: str | Path, stem: str) -> "RunDir":
+        """A new, empty folder `parent/stem-<time>` created exclusively (a suffix -2, -3, ...
+        when another run took that name in the same second)."""
+        parent = Path(parent).expanduser()
+        parent.mkdir(parents=True, exist_ok=True)
+        base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for i in range(1, 1000):
+            path = parent / (base if i == 1 else f"{base}-{i}")
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise ConfigError(f"could not create a new run folder named {base}-N in '{parent}'")
 
     # -- config --------------------------------------------------------------------------------
     def write_config(self, cfg: TrainConfig) -> None:

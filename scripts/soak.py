@@ -94,10 +94,13 @@ def main() -> int:
                     if ck.exists() and not loads(ck):
                         corrupted += 1
                         print(f"CORRUPT after kill {kills}: {ck}", flush=True)
-                if last.exists():
+                # a run resumes from any moment once its config is written (before that, the
+                # folder holds nothing of it and the same command starts it again)
+                begun = RunDir(run).config.is_file()
+                if begun:
                     cmd = deitkit("train", "--resume", str(run), "--no-progress")
                     resumes += 1
-                print(f"run {runs}: kill {kills} ({'resume' if last.exists() else 'restart'})",
+                print(f"run {runs}: kill {kills} ({'resume' if begun else 'restart'})",
                       flush=True)
                 continue
             if proc.returncode != 0:

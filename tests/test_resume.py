@@ -68,8 +68,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(reference, tmp_path, monke
         train(_cfg(out))
     assert len(_metrics(out)) == 2
     monkeypatch.setattr(train_mod, "train_one_epoch", real)
-    train(_cfg(out), resume=True)
+    t0 = time.perf_counter()
+    summary = train(_cfg(out), resume=True)
+    second = time.perf_counter() - t0
     _same_run(reference, out)
+    # the wall time adds up both segments: the second, plus at least the epochs the first
+    # segment finished before the interruption
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["wall_seconds"] > rows[0]["epoch_seconds"] + rows[1]["epoch_seconds"] + \
+        0.99 * second
 
 
 def test_resume_is_exact_with_the_worker_loader_too(reference, tmp_path, monkeypatch):
@@ -120,13 +127,14 @@ def test_resume_refuses_a_changed_recipe(reference, tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--no-progress", "epochs=5", "--force"]) == 0
     assert len(_metrics(run)) == 5
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
-    assert "no checkpoint-last.pt" in capsys.readouterr().err
+    assert "holds no config.yaml" in capsys.readouterr().err
 
 
 def test_corrupt_last_checkpoint_names_the_file(reference, tmp_path):
     import shutil
     run = tmp_path / "copy"
     shutil.copytree(reference, run)
+    (run / "summary.json").unlink()  # interrupted after its last epoch: it resumes from there
     data = (run / "checkpoint-last.pt").read_bytes()
     (run / "checkpoint-last.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"checkpoint-last.pt' is truncated or corrupt"):

@@ -94,10 +94,10 @@ class StudyRunner:
         resume = RunDir(out).has_last()
         self.log(f"  {'resuming' if resume else 'training'} teacher {spec.label or spec.model}"
                  f" in {out}")
-        if spec.kind == "cnn":
-            train_teacher(cfg, log=quiet, resume=resume)
+        if spec.kind == "cnn":  # resume=True: continued from wherever it stopped, or begun
+            train_teacher(cfg, log=quiet, resume=True)
         else:
-            train(cfg, log=quiet, resume=resume)
+            train(cfg, log=quiet, resume=True)
         self.teachers_trained.append(str(out))
         return out
 
@@ -128,8 +128,7 @@ class StudyRunner:
         if finished:
             check_finished(out, cfg)
         else:
-            resume = RunDir(out).has_last()
-            train(cfg, log=quiet, resume=resume)
+            train(cfg, log=quiet, resume=True)  # continued from wherever it stopped, or begun
         return {**collect_run(out), "run_dir": str(out)}
 
 
