@@ -26,7 +26,8 @@ from .distill.sources import OnlineTeacher, StoredTeacher, TeacherSource
 from .distill.store import TeacherStore
 from .distributed import DistInfo
 from .engine import Step, StepOptions
-from .models import Teacher, create_cnn, create_student, has_dist_token, tune_attention
+from .models import (Teacher, create_cnn, create_student, has_dist_token, init_cnn,
+                     tune_attention)
 from .models.pretrained import load_pretrained
 from .runtime import Log, quiet, resolve_amp, resolve_device, seed_everything
 
@@ -272,11 +273,14 @@ def build_run(cfg: TrainConfig, role: Role, bundle: DatasetBundle, *, dist_info:
     train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log, dist_info, log)
     train_eval_loader = build_train_eval_loader(cfg, bundle, dist_info, train_loader)
     model, criterion = build_model(cfg, role, bundle.num_classes)
-    if role == "teacher":
+    hub = cfg.model.name if cfg.model.pretrained else None
+    if role == "teacher":  # a CNN learns from the labels: fine-tuned from weights when given
         teacher, store = None, None
-    elif fresh and (cfg.model.weights or cfg.model.pretrained):
-        for line in load_pretrained(model, cfg.model.weights,
-                                    cfg.model.name if cfg.model.pretrained else None):
+        if fresh:
+            for line in init_cnn(model, cfg.model.weights, hub):
+                log(f"teacher init: {line}")
+    elif fresh:
+        for line in load_pretrained(model, cfg.model.weights, hub):
             log(f"student init: {line}")
     if role == "student":
         seed_everything(cfg.seed + dist_info.rank)  # one stream per rank, whatever the init cost

@@ -21,6 +21,7 @@ from torch import nn
 from torch.fx.experimental.optimization import optimize_for_inference
 
 from ..checkpoint import CheckpointError, load_checkpoint, load_state_file, unwrap_state
+from .pretrained import hub_state
 from ..rundir import resolve_checkpoint
 from .student import create_student
 
@@ -201,6 +202,81 @@ def load_weights(model: nn.Module, state: dict, path) -> None:
     if missing or unexpected:
         raise CheckpointError(f"weights in '{path}' do not fit the model: missing keys "
                               f"{missing[:5]}, unexpected keys {unexpected[:5]}")
+
+
+def classifier_keys(model: nn.Module) -> list[str]:
+    """State-dict names of a CNN's classifier (timm's `get_classifier()`, else the last
+    Linear layer, as in torchvision's classifiers)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    if head is None:
+        return []
+    name = next(n for n, m in model.named_modules() if m is head)
+    return [f"{name}.{k}" if name else k for k in head.state_dict()]
+
+
+def _hub_cnn_state(name: str) -> dict:
+    """The hub weights of a timm or torchvision CNN (needs the internet)."""
+    if name in timm.list_models(pretrained=True) or name in timm.list_models():
+        return hub_state(name)
+    try:
+        return torchvision.models.get_model(name, weights="DEFAULT").state_dict()
+    except Exception as e:  # noqa: BLE001 - hub failures come as many types (offline, proxy)
+        raise CheckpointError(
+            f"could not download the pretrained weights of '{name}' ({type(e).__name__}). "
+            "Offline? Save them on a connected machine and pass model.weights=FILE") from None
+
+
+def init_cnn(model: nn.Module, weights: Optional[str] = None,
+             hub_name: Optional[str] = None) -> list[str]:
+    """Fine-tuning's start: load a timm/torchvision/deitkit weights file (`weights_only`, or
+    safetensors) or the hub weights of `hub_name` into CNN `model`, built for the data's
+    classes. Every tensor whose name and shape match is loaded; the classifier is
+    re-initialised when its shape differs (a 1000-class ImageNet file into a 10-class
+    teacher); any other difference is an error naming the keys and shapes. Returns what was
+    done, one line each.
+
+    Written here because timm's `create_model(pretrained=True, num_classes=N)` drops a
+    mismatched classifier without a word, and torchvision's loaders refuse any mismatch."""
+    if weights:
+        state, source = unwrap_state(load_state_file(weights)), f"'{weights}'"
+    elif hub_name:
+        state, source = unwrap_state(_hub_cnn_state(hub_name)), f"the hub weights of {hub_name}"
+    else:
+        return []
+    own = model.state_dict()
+    head = set(classifier_keys(model))
+    shape = {k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)}
+    missing = {k for k in own if k not in state}
+    reinit = sorted((shape | missing) & head)
+    bad = sorted(shape - head)
+    if bad:
+        hint = (" (the file has an ImageNet stem; this model a CIFAR stem: set "
+                "model.small_stem=false to load it)" if any(k.startswith("conv1.") for k in bad)
+                else "")
+        raise CheckpointError(f"weights {source} do not fit the model: " + "; ".join(
+            f"'{k}' is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+            for k in bad[:6]) + hint)
+    lost = sorted(k for k in missing - head if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k in state if k not in own)
+    if lost:
+        raise CheckpointError(f"weights {source} do not fit the model: it has no "
+                              f"{', '.join(lost[:6])}{' ...' if len(lost) > 6 else ''} "
+                              f"({len(lost)} tensors; the file's first keys: "
+                              f"{', '.join(list(state)[:4])}): another architecture?")
+    load = {k: v for k, v in state.items() if k in own and k not in reinit}
+    model.load_state_dict(load, strict=False)
+    lines = [f"loaded {len(load)} of {len(own)} tensors from {source}"]
+    if reinit:
+        was = [tuple(state[k].shape) for k in reinit if k in state]
+        lines.append(f"classifier re-initialised for the data's classes: {', '.join(reinit)}"
+                     + (f" (the file's: {', '.join(map(str, was))})" if was else ""))
+    if unexpected:
+        lines.append(f"not used from the file: {', '.join(unexpected[:5])}"
+                     + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+    return lines
 
 
 def create_teacher(name_or_path: str, num_classes: Optional[int] = None,
