@@ -29,7 +29,8 @@ from .engine import Step, StepOptions
 from .models import (Teacher, create_cnn, create_student, has_dist_token, init_cnn,
                      tune_attention)
 from .models.pretrained import load_pretrained
-from .runtime import Log, quiet, resolve_amp, resolve_device, seed_everything
+from .runtime import (Log, amp_name, autocast, cpu_has_native_bf16, measured_cpu_amp, quiet,
+                      resolve_amp, resolve_device, seed_everything)
 
 # timm names that map to a torch optimiser with a fused implementation (CPU and CUDA)
 FUSED_OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov")
@@ -227,6 +228,66 @@ def build_step(cfg: TrainConfig, model, criterion: DistillationLoss, *, net=None
 
 
 # ---------------------------------------------------------------------------------------------
+# precision
+
+def run_amp(cfg: TrainConfig, role: Role, device: torch.device, num_classes: int,
+            log: Log = quiet) -> Optional[torch.dtype]:
+    """The autocast dtype of `cfg`'s run: `cfg.amp`, where `auto` on a CPU with bf16
+    instructions is decided by measuring this run's own step (the model, image size and
+    batch; a student's CNN teacher forward included) in both precisions, once per CPU model
+    (runtime.measured_cpu_amp)."""
+    if not (cfg.amp == "auto" and device.type == "cpu" and cpu_has_native_bf16()):
+        return resolve_amp(cfg.amp, device)
+    teacher = (cfg.teacher.train_model if cfg.teacher.name is None else cfg.teacher.name) \
+        if role == "student" and cfg.distill.kind != "none" else None
+    key = {"role": role, "model": cfg.model.name, "img_size": cfg.data.img_size,
+           "patch_size": cfg.model.patch_size, "overrides": dict(cfg.model.overrides),
+           "small_stem": cfg.model.small_stem, "batch": cfg.data.batch_size,
+           "classes": num_classes, "teacher": teacher}
+    return measured_cpu_amp(key, _step_probe(cfg, role, num_classes, teacher, device), log)
+
+
+def _step_probe(cfg: TrainConfig, role: Role, num_classes: int, teacher: Optional[str],
+                device: torch.device):
+    """probe(dtype) -> seconds of 2 training steps (forward, backward) of the run's model on
+    a random batch, plus the teacher's forward, after one untimed step."""
+    import time
+    models = {}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.data.batch_size, 3, cfg.data.img_size, cfg.data.img_size, generator=g)
+    t_model = None
+    if teacher is not None:
+        try:  # a teacher by name, or the CNN the run will train; a folder or file: not probed
+            t_model = create_cnn(teacher, num_classes).eval()
+        except (ValueError, RuntimeError):
+            t_model = None
+
+    def probe(dtype: Optional[torch.dtype]) -> float:
+        if dtype not in models:
+            model = build_model(cfg, role, num_classes)[0].to(device)
+            tune_attention(model, device, dtype)
+            models[dtype] = model
+        model = models[dtype]
+
+        def step():
+            with autocast(device, dtype):
+                out = model(x)
+                out = out if isinstance(out, tuple) else (out,)
+                loss = sum(o.float().sum() for o in out)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if t_model is not None:
+                with torch.inference_mode(), autocast(device, dtype):
+                    t_model(x)
+        step()
+        t0 = time.perf_counter()
+        for _ in range(2):
+            step()
+        return time.perf_counter() - t0
+    return probe
+
+
+# ---------------------------------------------------------------------------------------------
 # a whole run
 
 @dataclass
@@ -246,7 +307,7 @@ class Run:
     opts: StepOptions
     teacher: Optional[Teacher]   # evaluated beside the student (None for a teacher run)
     lr: float
-    meta: dict                   # what a checkpoint needs to rebuild the model
+    meta: dict                   # what a checkpoint needs to rebuild the model (and its amp)
 
     @property
     def n_params(self) -> int:
@@ -263,12 +324,17 @@ def run_device(cfg: TrainConfig, dist_info: DistInfo) -> torch.device:
 
 def build_run(cfg: TrainConfig, role: Role, bundle: DatasetBundle, *, dist_info: DistInfo,
               teacher: Optional[Teacher] = None, store: Optional[TeacherStore] = None,
-              skip_log: Optional[Path] = None, fresh: bool = True, log: Log = quiet) -> Run:
+              skip_log: Optional[Path] = None, fresh: bool = True, amp: Optional[str] = None,
+              log: Log = quiet) -> Run:
     """The pieces of one run. A student is initialised from `model.weights` / pretrained
     weights on a fresh run (a resume restores its own); a teacher run ignores `teacher` and
-    `store` (a CNN learns from the labels)."""
+    `store` (a CNN learns from the labels). `amp`: the precision the run trained in before
+    (a resume), else `run_amp` decides."""
     device = run_device(cfg, dist_info)
-    amp_dtype = resolve_amp(cfg.amp, device)
+    if amp == "fp16" and device.type != "cuda":
+        amp = None  # trained on a GPU in fp16, resumed on a CPU: decided afresh
+    amp_dtype = (resolve_amp(amp, device) if amp is not None
+                 else run_amp(cfg, role, device, bundle.num_classes, log))
     seed_everything(cfg.seed)
     train_loader, val_loader = build_loaders(cfg, bundle, device, skip_log, dist_info, log)
     train_eval_loader = build_train_eval_loader(cfg, bundle, dist_info, train_loader)
@@ -299,4 +365,5 @@ def build_run(cfg: TrainConfig, role: Role, bundle: DatasetBundle, *, dist_info:
     return Run(cfg=cfg, role=role, dist=dist_info, device=device, amp_dtype=amp_dtype,
                bundle=bundle, train_loader=train_loader, val_loader=val_loader,
                train_eval_loader=train_eval_loader, model=model, step=step, opts=opts,
-               teacher=teacher, lr=lr, meta=run_meta(cfg, role, bundle))
+               teacher=teacher, lr=lr,
+               meta={**run_meta(cfg, role, bundle), "amp": amp_name(amp_dtype)})

@@ -273,8 +273,10 @@ class TrainConfig:
     seed: int = 0
     """Run seed (weights, augmentation, sampling)."""
     amp: Amp = "auto"
-    """Mixed precision: `auto` (bf16 on CPUs with native bf16 and on GPUs that have it, else
-    fp16 on GPU, else off), `bf16`, `fp16` (GPU only), `off`."""
+    """Mixed precision: `auto` (on a GPU bf16 where it has it, else fp16; on a CPU with bf16
+    instructions whichever of bf16 and fp32 runs this run's step faster, measured once per
+    CPU model and cached in ~/.cache/deitkit/amp.json; else fp32), `bf16`, `fp16` (GPU only),
+    `off`. The precision a run trained in is recorded and kept by its resume and `eval`."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `cuda:N`."""
     out: Optional[str] = None

@@ -25,7 +25,11 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
     if data is not None:
         cfg = replace_keys(cfg, **{"data.name": data})
     dev = resolve_device(device)
-    amp_dtype = resolve_amp(cfg.amp, dev)
+    # the precision the run trained in (recorded), where it was left to `auto`
+    stored = meta.get("amp") if cfg.amp == "auto" else None
+    if stored == "fp16" and dev.type != "cuda":
+        stored = None
+    amp_dtype = resolve_amp(stored or cfg.amp, dev)
     bundle = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
                           digits_size=meta["img_size"])
     if bundle.num_classes != meta["num_classes"]:

@@ -115,7 +115,8 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         if ckpt is None:
             rd.clear_skipped()  # a fresh run: before the loaders (the device cache lists its skips)
     run = build_run(cfg, role, bundle or load_bundle(cfg), dist_info=d, teacher=teacher,
-                    store=store, skip_log=rd.skipped, fresh=ckpt is None, log=log)
+                    store=store, skip_log=rd.skipped, fresh=ckpt is None, log=log,
+                    amp=None if ckpt is None else ckpt["meta"].get("amp"))
     state = TrainState()
     if ckpt is not None:
         state = TrainState.from_checkpoint(ckpt)

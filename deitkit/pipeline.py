@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .build import build_loaders, data_decision, load_bundle, run_device
+from .build import build_loaders, data_decision, load_bundle, run_amp, run_device
 from .config import (ConfigError, Role, TrainConfig, build_config, recipe_dict, replace_keys,
                      run_changing_keys, to_dict)
 from .data import DatasetBundle, build_mixer, student_views
@@ -32,7 +32,7 @@ from .fit import fit
 from .models import Teacher, create_cnn, create_teacher
 from .plan import Plan, plan_run
 from .rundir import RunDir
-from .runtime import Log, autocast, quiet, resolve_amp
+from .runtime import Log, autocast, quiet
 
 
 def _open_run(cfg: TrainConfig, role: Role, d: DistInfo, resume: bool,
@@ -285,11 +285,11 @@ def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
     t0 = time.perf_counter()
     d = init_distributed(cfg.device)
     device = run_device(cfg, d)
-    amp_dtype = resolve_amp(cfg.amp, device)
     root = Path(out).expanduser()
     if d.is_main:
         root.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(cfg)
+    amp_dtype = run_amp(cfg, "student", device, bundle.num_classes, log if d.is_main else quiet)
     k = bundle.num_classes if topk is None else topk
     if not 1 <= k <= bundle.num_classes:
         raise ConfigError(f"topk must be in 1..{bundle.num_classes} (the class count), got {k}")

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Optional
 
 
-from .build import build_loaders, build_model, build_step, teacher_source
+from .build import build_loaders, build_model, build_step, run_amp, teacher_source
 from .checkpoint import atomic_save
 from .config import ConfigError, TrainConfig
 from .data import DatasetBundle
 from .distill import DistillationLoss
 from .engine import evaluate, train_one_epoch
 from .models import Teacher, tune_attention
-from .runtime import resolve_amp, resolve_device, rng_state, set_rng_state
+from .runtime import resolve_device, rng_state, set_rng_state
 
 
 @dataclass
@@ -52,7 +52,7 @@ def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
     as they were."""
     saved = rng_state()
     device = resolve_device(cfg.device)
-    amp_dtype = resolve_amp(cfg.amp, device)
+    amp_dtype = run_amp(cfg, role, device, bundle.num_classes)
     train_loader, val_loader = build_loaders(cfg, bundle, device)
     train_loader.sampler.set_epoch(0)
     model, criterion = build_model(cfg, role, bundle.num_classes)

@@ -5,8 +5,14 @@ they depend on torch only, so any module may use them.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import os
 import random
+import statistics
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -35,6 +41,67 @@ def resolve_device(name: str) -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """AVX-512 bf16 or AMX: bf16 autocast is faster than fp32 here, not slower."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; the platform's word elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown CPU"
+
+
+AMP_CACHE = "~/.cache/deitkit/amp.json"   # DEITKIT_AMP_CACHE overrides
+BF16_MARGIN = 0.95  # bf16 is chosen only when it takes at most 95 % of fp32's time
+
+
+def measured_cpu_amp(key: dict, probe: Callable[[Optional[torch.dtype]], float],
+                     log: Callable[..., None] = print,
+                     cache: Optional[str | Path] = None) -> Optional[torch.dtype]:
+    """`amp=auto` on a CPU with bf16 instructions: bf16 (torch.bfloat16) or fp32 (None),
+    whichever `probe` measures faster for this run's shapes (`probe(dtype)`: seconds of a few
+    training steps at that precision; 3 alternated repeats each, medians compared). On CPUs
+    with AVX-512 bf16 but no AMX tiles bf16 autocast was measured 1.5x slower than fp32, on
+    others faster, so the flags alone cannot tell. Cached under `key` plus the CPU model and
+    torch version, so that a run, its planner and its other processes agree; a file lock
+    keeps concurrent runs from probing twice."""
+    full = {**key, "cpu": cpu_name(), "torch": torch.__version__}
+    k = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache or os.environ.get("DEITKIT_AMP_CACHE", AMP_CACHE)).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:
+            data = {}  # a damaged cache is measured again
+        entry = data.get(k)
+        if entry is None:
+            fp32, bf16 = [], []
+            for _ in range(3):
+                fp32.append(probe(None))
+                bf16.append(probe(torch.bfloat16))
+            t32, t16 = statistics.median(fp32), statistics.median(bf16)
+            entry = {"fp32_seconds": t32, "bf16_seconds": t16,
+                     "choice": "bf16" if t16 <= BF16_MARGIN * t32 else "fp32", **full}
+            data[k] = entry
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, default=str))
+            os.replace(tmp, path)
+    log(f"amp: {entry['choice']} (bf16 measured {entry['fp32_seconds'] / entry['bf16_seconds']:.2f}x "
+        f"the speed of fp32 for this run's steps on this CPU, {entry['cpu']}; amp=bf16 or "
+        "amp=off to force one)")
+    return torch.bfloat16 if entry["choice"] == "bf16" else None
+
+
+def amp_name(amp_dtype: Optional[torch.dtype]) -> str:
+    """The `amp` setting that gives `amp_dtype` (recorded with a run, so that its resume and
+    its evaluation use the precision it trained in)."""
+    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
