@@ -1,4 +1,5 @@
 """Studies: each end to end at the tiny budget; the report generator on recorded metric files."""
+import copy
 import json
 import re
 import statistics
@@ -257,7 +258,8 @@ def _recorded_study(tmp_path, numbers):
     record = {"study": "aug-strength", "title": S["aug-strength"].title,
               "claim": S["aug-strength"].claim, "budget": "tiny",
               "budget_settings": dict(BUDGETS["tiny"].__dict__), "data": "recorded",
-              "seeds": 2, "command": "recorded", "runs": runs}
+              "seeds": max(len(s) for s in numbers.values()), "command": "recorded",
+              "runs": runs}
     record.update(S["aug-strength"].analyze(record, study_dir))
     (study_dir / "results.json").write_text(json.dumps(record))
     write_report(study_dir)
@@ -265,14 +267,16 @@ def _recorded_study(tmp_path, numbers):
 
 
 def test_report_from_recorded_metrics(tmp_path):
-    # gap (train - val) shrinks from 40 points at m0 to 10 at m14: the claim holds
-    numbers = {0: [(0.95, 0.55), (0.93, 0.53)], 5: [(0.90, 0.60), (0.88, 0.60)],
-               9: [(0.85, 0.66), (0.83, 0.64)], 14: [(0.75, 0.65), (0.73, 0.63)]}
+    # gap (train - val) shrinks from 40 points at m0 to 10 at m14, at 3 seeds: the claim holds
+    numbers = {0: [(0.95, 0.55), (0.93, 0.53), (0.94, 0.54)],
+               5: [(0.90, 0.60), (0.88, 0.60), (0.89, 0.60)],
+               9: [(0.85, 0.66), (0.83, 0.64), (0.84, 0.65)],
+               14: [(0.75, 0.65), (0.73, 0.63), (0.74, 0.64)]}
     study_dir, record = _recorded_study(tmp_path, numbers)
     _check_report(study_dir)
     row0 = record["tables"][0]["rows"][0]
-    assert row0[1] == {"mean": 94.0, "std": round(statistics.stdev([95.0, 93.0]), 2), "n": 2}
-    assert fmt(row0[2]) == "54.00 ± 1.41"
+    assert row0[1] == {"mean": 94.0, "std": 1.0, "n": 3}
+    assert fmt(row0[2]) == "54.00 ± 1.00"
     assert row0[3]["mean"] == pytest.approx(40.0)
     assert any("narrowed it, as claimed" in f for f in record["findings"])
     # over-fitting at magnitude 0 (40 points): the regime the claim needs; the gap narrowed
@@ -300,20 +304,24 @@ def test_aug_ablation_advice_follows_the_verdict(tmp_path, full_val, advice):
     settings.update({_slug(label): (0.33, full_val + 0.001) for label, _ in LEAVE_ONE_OUT})
     runs = []
     for name, (tr, va) in settings.items():
-        for seed, jitter in enumerate((0.0, 0.002)):
+        for seed, jitter in enumerate((0.0, 0.002, 0.001)):
             d = tmp_path / "runs" / f"{name}-s{seed}"
             _fake_run(d, tr + jitter, va + jitter)
             runs.append({"name": name, "labels": {}, "seed": seed, "role": "student",
                          "overrides": [], "teacher": None, **collect_run(d), "run_dir": str(d)})
-    record = {"study": "aug-ablation", "runs": runs, "seeds": 2}
+    record = {"study": "aug-ablation", "runs": runs, "seeds": 3}
     res = S["aug-ablation"].analyze(record, tmp_path)
     assert advice in res["advice"]
     assert res["claims"][0]["status"] == ("refuted" if full_val < 0.30 else "supported")
 
 
+def _seeds(numbers, n=3):
+    """The same (train, validation) at each of `n` seeds."""
+    return {m: [v] * n for m, v in numbers.items()}
+
+
 def test_report_says_when_data_contradict_the_claim(tmp_path):
-    numbers = {0: [(0.70, 0.60), (0.70, 0.60)], 5: [(0.80, 0.60), (0.80, 0.60)],
-               9: [(0.90, 0.60), (0.90, 0.60)], 14: [(0.95, 0.55), (0.95, 0.55)]}
+    numbers = _seeds({0: (0.70, 0.60), 5: (0.80, 0.60), 9: (0.90, 0.60), 14: (0.95, 0.55)})
     _, record = _recorded_study(tmp_path, numbers)
     assert any("widened it, contrary to the claim" in f for f in record["findings"])
     # 10 points of over-fitting at magnitude 0: not the regime the claim needs
@@ -321,19 +329,18 @@ def test_report_says_when_data_contradict_the_claim(tmp_path):
     assert "does not over-fit" in record["claims"][0]["why"]
     assert "did not over-fit" in record["advice"]
     # over-fitting (30 points at magnitude 0) and a gap that widens: refuted
-    numbers = {0: [(0.90, 0.60), (0.90, 0.60)], 5: [(0.92, 0.60), (0.92, 0.60)],
-               9: [(0.95, 0.60), (0.95, 0.60)], 14: [(0.99, 0.55), (0.99, 0.55)]}
+    numbers = _seeds({0: (0.90, 0.60), 5: (0.92, 0.60), 9: (0.95, 0.60), 14: (0.99, 0.55)})
     _, record = _recorded_study(tmp_path / "wider", numbers)
     assert record["claims"][0]["status"] == "refuted"
     assert record["claims"][1]["status"] == "refuted"  # validation fell by 5 points
     # and when the change is within noise it says that instead of a verdict
-    numbers = {m: [(0.70, 0.60), (0.70, 0.60)] for m in (0, 5, 9, 14)}
+    numbers = _seeds({m: (0.70, 0.60) for m in (0, 5, 9, 14)})
     _, record = _recorded_study(tmp_path / "flat", numbers)
     assert any("within noise" in f for f in record["findings"])
-    numbers = {m: [(0.90, 0.60), (0.90, 0.60)] for m in (0, 5, 9, 14)}
+    numbers = _seeds({m: (0.90, 0.60) for m in (0, 5, 9, 14)})
     _, record = _recorded_study(tmp_path / "flat-overfit", numbers)
     assert record["claims"][0]["status"] == "not shown at this budget"
-    assert "within noise" in record["claims"][0]["why"]
+    assert "interval includes 0" in record["claims"][0]["why"]
 
 
 def test_agg():
@@ -342,13 +349,15 @@ def test_agg():
 
 
 def test_paired_differences_cancel_what_seeds_share(tmp_path):
-    # seed 1 is 10 points above seed 0 in every setting (an easier subset, a luckier
-    # initialisation); magnitude 14 is 2 points below magnitude 0 at both seeds
-    numbers = {0: [(0.52, 0.50), (0.62, 0.60)], 5: [(0.51, 0.49), (0.61, 0.59)],
-               9: [(0.50, 0.485), (0.60, 0.585)], 14: [(0.50, 0.48), (0.60, 0.58)]}
+    # seeds 1 and 2 are 10 and 5 points above seed 0 in every setting (an easier subset, a
+    # luckier initialisation); magnitude 14 is 2 points below magnitude 0 at every seed
+    numbers = {0: [(0.52, 0.50), (0.62, 0.60), (0.57, 0.55)],
+               5: [(0.51, 0.49), (0.61, 0.59), (0.56, 0.54)],
+               9: [(0.50, 0.485), (0.60, 0.585), (0.55, 0.535)],
+               14: [(0.50, 0.48), (0.60, 0.58), (0.55, 0.53)]}
     _, record = _recorded_study(tmp_path, numbers)
     d = paired(record, "m14", "m0")
-    assert d == {"mean": -2.0, "std": 0.0, "n": 2}
+    assert d == {"mean": -2.0, "std": 0.0, "n": 3}
     assert verdict(d) == -1
     m0, m14 = (agg([r["summary"]["fused_top1"] for r in record["runs"] if r["name"] == n])
                for n in ("m0", "m14"))
@@ -359,7 +368,7 @@ def test_paired_differences_cancel_what_seeds_share(tmp_path):
     assert paired(record, "m0", "m0", "train_clean_top1", "fused_top1")["mean"] == 2.0
     # seeds present in only one of the two settings are left out
     record["runs"] = [r for r in record["runs"] if not (r["name"] == "m0" and r["seed"] == 1)]
-    assert paired(record, "m14", "m0")["n"] == 1
+    assert paired(record, "m14", "m0")["n"] == 2
 
 
 def test_report_command_reanalyzes_a_copied_study_folder(tmp_path):
@@ -452,13 +461,19 @@ def test_every_run_of_every_budget_is_a_valid_configuration(name, budget, tmp_pa
                 assert cfg.aug.rand_augment == "rand-m9-mstd0.5-inc1"
 
 
-def _committed_record(report: str, tmp_path) -> dict:
+def _committed_record(report: str, tmp_path, seeds: int = 0) -> dict:
     """The results.json of a committed report in docs/studies/, re-analysed as if copied from
-    another machine (its run folders absent)."""
+    another machine (its run folders absent). `seeds`: made up to that many seeds by repeating
+    the last seed's runs (a verdict needs 3; the repeat keeps every paired difference)."""
     record = json.loads((Path(__file__).parents[1] / "docs/studies" / report
                          / "results.json").read_text())
     for r in record["runs"]:
         r["run_dir"] = str(tmp_path / "gone" / r["name"])
+    last = max(r["seed"] for r in record["runs"])
+    for seed in range(last + 1, seeds):
+        record["runs"] += [{**copy.deepcopy(r), "seed": seed} for r in record["runs"]
+                           if r["seed"] == last]
+    record["seeds"] = max(record["seeds"], seeds)
     return record
 
 
@@ -471,7 +486,7 @@ def test_distill_heads_advice_follows_distillation_against_no_teacher(tmp_path, 
     the quick budget (converged, light stack) it did not, and the advice must not then say
     'train the distilled student'."""
     from deitkit.studies.catalog import STUDIES as S
-    record = _committed_record("distill-heads-quick", tmp_path)
+    record = _committed_record("distill-heads-quick", tmp_path, seeds=3)
     for r in record["runs"]:
         if r["name"] == "both-hard":
             r["summary"]["fused_top1"] += lift
@@ -489,7 +504,7 @@ def test_data_scale_advice_follows_the_distillation_effect(tmp_path, lift, advic
     """data-scale recommends distilling a ViT only where distillation lifted it (at the quick
     budget it did not), not whatever the numbers."""
     from deitkit.studies.catalog import STUDIES as S
-    record = _committed_record("data-scale-quick", tmp_path)
+    record = _committed_record("data-scale-quick", tmp_path, seeds=3)
     for r in record["runs"]:
         if r["name"].startswith("distilled-"):
             r["summary"]["fused_top1"] += lift
@@ -509,7 +524,7 @@ def test_teacher_kind_advice_follows_the_verdict(tmp_path, lift, status, advice)
     its students won beyond noise, and say so when the ViT teacher's did (the recorded quick
     runs, with every student's last quarter made flat so the claim is judged)."""
     from deitkit.studies.catalog import STUDIES as S
-    record = _committed_record("teacher-kind-quick", tmp_path)
+    record = _committed_record("teacher-kind-quick", tmp_path, seeds=3)
     for r in record["runs"]:
         if r["name"].startswith("student-"):
             if r["name"].startswith("student-cnn"):
@@ -520,3 +535,49 @@ def test_teacher_kind_advice_follows_the_verdict(tmp_path, lift, status, advice)
     res = S["teacher-kind"].analyze(record, tmp_path)
     assert res["claims"][0]["status"] == status
     assert advice in res["advice"]
+
+
+def _d(n, mean=1.5, std=0.5):
+    return {"mean": mean, "std": std, "n": n}
+
+
+def test_the_verdict_rule_gains_power_with_seeds():
+    from deitkit.studies.stats import interval, verdict
+    assert interval(_d(1, std=0.0)) is None and verdict(_d(1, std=0.0)) == 0  # no interval
+    assert verdict(_d(2)) == 0  # two seeds: no verdict, whatever the numbers
+    lo, hi = interval(_d(3))    # t(0.975, 2 df) = 4.30: +1.5 ± 1.24
+    assert (lo, hi) == pytest.approx((0.258, 2.742), abs=1e-3) and verdict(_d(3)) == 1
+    # a small, noisy effect: 3 seeds cannot tell it from 0, 10 seeds can
+    assert verdict(_d(3, 1.1, 1.5)) == 0 and verdict(_d(10, 1.1, 1.5)) == 1
+    assert verdict(_d(10, -1.1, 1.5)) == -1
+    # consistent but under the 1-point practical threshold: never a supported effect
+    assert verdict(_d(10, 0.5, 0.1)) == 0
+
+
+def test_claims_are_judged_by_the_interval_and_the_threshold():
+    from deitkit.studies.stats import NOT_SHOWN, REFUTED, SUPPORTED, claim
+    c = claim("x helps", _d(3), want=1, testable=True, regime="in its regime", effect="x - y")
+    assert c["status"] == SUPPORTED and c["interval"] == [0.26, 2.74]
+    assert "95 % interval [+0.26, +2.74], threshold 1 point(s)" in c["line"]
+    # the interval excludes 0 the other way: refuted, even for an effect under the threshold
+    assert claim("x helps", _d(10, -0.5, 0.1), 1, True, "r", "e")["status"] == REFUTED
+    assert claim("x hurts", _d(10, 0.5, 0.1), -1, True, "r", "e")["status"] == REFUTED
+    small = claim("x helps", _d(10, 0.5, 0.1), 1, True, "r", "e")
+    assert small["status"] == NOT_SHOWN and "threshold" in small["why"]
+    two = claim("x helps", _d(2, 5.0, 0.1), 1, True, "r", "e")
+    assert two["status"] == NOT_SHOWN and "at least 3 seeds (2 here)" in two["why"]
+    assert claim("x helps", _d(3), 1, False, "outside its regime", "e")["status"] == NOT_SHOWN
+
+
+def test_the_class_only_baseline_is_scored_on_its_class_head(tmp_path):
+    """Its distillation head is untrained: its fused output must not be the baseline."""
+    from deitkit.studies.catalog import STUDIES as S
+    record = _committed_record("distill-heads-quick", tmp_path)
+    for r in record["runs"]:
+        if r["name"] == "class-only":  # an untrained second head drags its fused output down
+            r["summary"]["cls_top1"], r["summary"]["fused_top1"] = 0.40, 0.30
+    hard = {r["seed"]: r["summary"]["fused_top1"] for r in record["runs"]
+            if r["name"] == "both-hard"}
+    res = S["distill-heads"].analyze(record, tmp_path)
+    want = statistics.fmean(100 * (v - 0.40) for v in hard.values())
+    assert res["claims"][0]["diff"]["mean"] == pytest.approx(want, abs=0.01)

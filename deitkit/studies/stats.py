@@ -1,5 +1,11 @@
 """Statistics and wording shared by the studies' analyses: means and spreads over seeds,
-paired per-seed differences, the noise rule, and the phrases that report them."""
+paired per-seed differences, the verdict rule, and the phrases that report them.
+
+The verdict rule (`verdict`, `claim`): a paired effect is real in one direction when its 95 %
+confidence interval (t distribution over the seeds' differences) excludes 0 that way, with
+at least MIN_SEEDS seeds, and counts as supporting a claim only when its mean is also at
+least EFFECT_POINTS. The interval narrows with more seeds, so a small consistent effect
+becomes detectable; the earlier rule (within twice the seeds' standard deviation) did not."""
 from __future__ import annotations
 
 import math
@@ -71,14 +77,37 @@ def paired(record: dict, a: str, b: str, key="fused_top1", key_b=None) -> Option
     return agg(diffs)
 
 
-def verdict(diff: Optional[dict]) -> int:
-    """compare() on a paired difference: +1 / -1 beyond the noise, 0 within it."""
-    return 0 if diff is None else compare(diff["mean"], 0.0, diff["std"])
+MIN_SEEDS = 3          # a verdict needs at least this many paired seeds
+EFFECT_POINTS = 1.0    # the smallest effect that supports a claim (points of top-1)
+CONFIDENCE = 0.95
+
+
+def interval(diff: Optional[dict]) -> Optional[tuple[float, float]]:
+    """The two-sided 95 % confidence interval (points) of a paired mean difference, from the
+    t distribution over its seeds (None with fewer than 2 seeds)."""
+    if diff is None or diff["n"] < 2:
+        return None
+    from scipy.stats import t  # scipy comes with scikit-learn
+    half = float(t.ppf(0.5 + CONFIDENCE / 2, diff["n"] - 1)) * diff["std"] / math.sqrt(diff["n"])
+    return diff["mean"] - half, diff["mean"] + half
+
+
+def verdict(diff: Optional[dict], threshold: float = EFFECT_POINTS) -> int:
+    """+1 / -1 when a paired difference is real and practical: at least MIN_SEEDS seeds, the
+    95 % interval above / below 0, and the mean at least `threshold` points that way; else 0."""
+    ci = interval(diff)
+    if ci is None or diff["n"] < MIN_SEEDS:
+        return 0
+    if ci[0] > 0 and diff["mean"] >= threshold:
+        return 1
+    if ci[1] < 0 and diff["mean"] <= -threshold:
+        return -1
+    return 0
 
 
 def judged(diff: Optional[dict], up: str, same: str, down: str) -> str:
     """The phrase for a paired difference above (`up`), within (`same`) or below (`down`)
-    the noise."""
+    the rule of `verdict`."""
     return {1: up, 0: same, -1: down}[verdict(diff)]
 
 
@@ -128,26 +157,38 @@ def claim(text: str, diff: Optional[dict], want: int, testable: bool, regime: st
           effect: str) -> dict:
     """One claim's verdict from a paired effect `diff` (points; `want` +1 or -1 is the sign
     the claim predicts) in the regime the study reached (`testable`, described by `regime`):
-    supported or refuted beyond the noise rule (see `compare`), else not shown."""
-    v = verdict(diff)
+    supported when `verdict` says `want` (interval excluding 0 that way, mean at least
+    EFFECT_POINTS, MIN_SEEDS seeds); refuted when the interval excludes 0 the other way; else
+    not shown."""
+    ci = interval(diff)
     if not testable:
         status, why = NOT_SHOWN, regime
     elif diff is None:
         status, why = NOT_SHOWN, "no paired runs to compare"
-    elif v == want:
+    elif diff["n"] < MIN_SEEDS:
+        status, why = NOT_SHOWN, (f"{regime}; a verdict needs at least {MIN_SEEDS} seeds "
+                                  f"({diff['n']} here)")
+    elif verdict(diff) == want:
         status, why = SUPPORTED, regime
-    elif v == -want:
+    elif (ci[1] < 0) if want > 0 else (ci[0] > 0):
         status, why = REFUTED, regime
     else:
-        status, why = NOT_SHOWN, f"{regime}; the effect is within noise"
-    c = {"claim": text, "status": status, "effect": effect, "diff": diff, "why": why}
+        status, why = NOT_SHOWN, (f"{regime}; the interval includes 0 or the effect is under "
+                                  f"the {EFFECT_POINTS:g}-point threshold")
+    c = {"claim": text, "status": status, "effect": effect, "diff": diff, "why": why,
+         "interval": None if ci is None else [round(ci[0], 2), round(ci[1], 2)],
+         "threshold_points": EFFECT_POINTS}
     return {**c, "line": claim_line(c)}
 
 
 def claim_line(c: dict) -> str:
-    """'<claim> (effect: +1.2 ± 0.3 points, 3 seeds). <why>.' (reports put the status first)"""
+    """'<claim> (effect: +1.2 ± 0.3 points, 3 seeds, 95 % interval [+0.5, +1.9], threshold 1
+    point). <why>.' (reports put the status first)"""
     n = f", {c['diff']['n']} seed(s)" if c.get("diff") else ""
-    return (f"{c['claim']} ({c['effect']}: {pts(c.get('diff'))}{n}). "
+    ci = c.get("interval")
+    band = (f", 95 % interval [{ci[0]:+.2f}, {ci[1]:+.2f}], threshold "
+            f"{c.get('threshold_points', EFFECT_POINTS):g} point(s)" if ci else "")
+    return (f"{c['claim']} ({c['effect']}: {pts(c.get('diff'))}{n}{band}). "
             f"{c['why'][0].upper()}{c['why'][1:]}.")
 
 
