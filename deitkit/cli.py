@@ -180,6 +180,8 @@ def make_parser() -> argparse.ArgumentParser:
                                       "with timm) or OUT.onnx (fused prediction)")
     p.add_argument("checkpoint", help="run folder or checkpoint file")
     p.add_argument("out", help="output path, .safetensors or .onnx")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing output (and, for .safetensors, its .json)")
 
     p = sub.add_parser("predict", help="top-k classes of images (files and/or folders)")
     p.add_argument("model", help="run folder, checkpoint, or .safetensors export")
@@ -208,6 +210,8 @@ def _config_from(args):
         overrides.append(f"model.name={args.model}")
     if args.no_progress:
         overrides.append("progress=false")
+    if args.resume and getattr(args, "overwrite", False):
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     if args.resume:
         run = RunDir(args.resume)
         if not run.config.is_file():
@@ -308,7 +312,8 @@ def cmd_data(args, argv) -> int:
 
 
 def cmd_export(args, argv) -> int:
-    print("wrote " + " and ".join(map(str, export_model(args.checkpoint, args.out))))
+    print("wrote " + " and ".join(map(str, export_model(args.checkpoint, args.out,
+                                                        force=args.force))))
     return 0
 
 

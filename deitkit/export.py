@@ -121,9 +121,15 @@ def export_onnx(src: str | Path, out: str | Path, opset: int = 18) -> Path:
     return out
 
 
-def export_model(src: str | Path, out: str | Path) -> list[Path]:
-    """By the output's suffix: .safetensors (+ .json) or .onnx."""
+def export_model(src: str | Path, out: str | Path, force: bool = False) -> list[Path]:
+    """By the output's suffix: .safetensors (+ .json) or .onnx. An existing output file (for
+    .safetensors also its .json sibling) is refused unless `force`."""
     suffix = Path(out).suffix
+    targets = [Path(out)] + ([Path(out).with_suffix(".json")] if suffix == ".safetensors" else [])
+    taken = [str(t) for t in targets if t.exists()]
+    if taken and not force:
+        raise CheckpointError(f"export would overwrite {', '.join(taken)}: choose another name, "
+                              "or pass --force")
     if suffix == ".safetensors":
         return list(export_safetensors(src, out))
     if suffix == ".onnx":

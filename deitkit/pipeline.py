@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .build import build_loaders, data_decision, load_bundle, run_amp, run_device
+from .build import (build_loaders, build_student, check_distillable, data_decision, load_bundle,
+                    run_amp, run_device)
 from .config import (ConfigError, Role, TrainConfig, build_config, recipe_dict, replace_keys,
                      run_changing_keys, to_dict)
 from .data import DatasetBundle, build_mixer, student_views
@@ -36,11 +37,11 @@ from .runtime import Log, autocast, quiet
 
 
 def _open_run(cfg: TrainConfig, role: Role, d: DistInfo, resume: bool,
-              overwrite: bool) -> tuple[TrainConfig, RunDir, Optional[dict]]:
+              overwrite: bool) -> tuple[TrainConfig, RunDir, Optional[dict], bool]:
     """The run folder: for a new run, claimed (a folder holding another run is refused unless
     `overwrite`; without --out a new folder runs/<recipe>-<time>, created exclusively); for a
-    resumed one, as it is. The third item is the summary of a resumed run that had finished
-    (nothing is to be done)."""
+    resumed one, as it is. Also: the summary of a resumed run that had finished (nothing is to
+    be done), and whether the folder was made here."""
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     if not cfg.out:
@@ -48,13 +49,28 @@ def _open_run(cfg: TrainConfig, role: Role, d: DistInfo, resume: bool,
             raise ConfigError("give --out when running under torchrun (every process must "
                               "agree on the run folder)")
         cfg = replace(cfg, out=str(RunDir.new_unique("runs", cfg.recipe.name or role).path))
+        made = True
+    else:
+        made = not Path(cfg.out).expanduser().exists()
     rd = RunDir(cfg.out)
     if resume:  # finished with the same configuration: nothing to do (--force may extend it)
         done = rd.is_finished() and not run_changing_keys(rd.read_config(), to_dict(cfg))
-        return cfg, rd, rd.read_summary() if done else None
+        return cfg, rd, rd.read_summary() if done else None, made
     rd.claim(overwrite, delete=d.is_main)
     barrier()  # every rank sees the folder claimed before any writes to it
-    return cfg, rd, None
+    return cfg, rd, None, made
+
+
+@contextmanager
+def _no_empty_folder_left(rd: RunDir, made: bool):
+    """A run that fails before writing anything leaves no empty folder behind (a folder that
+    was there before is kept)."""
+    try:
+        yield
+    except BaseException:
+        if made and rd.path.is_dir() and not any(rd.path.iterdir()):
+            rd.path.rmdir()
+        raise
 
 
 def _finished(rd: RunDir, summary: dict, log: Log) -> dict:
@@ -219,15 +235,29 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
     fit (new runs only)."""
     t0 = time.perf_counter()
     d = init_distributed(cfg.device)
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+        raise ConfigError(f"--time-budget must be a finite number of minutes above 0; got "
+                          f"{time_budget:g}")
     if time_budget is not None and (resume or d.enabled):
         raise ConfigError("--time-budget sets the epochs of a new single-process run; it "
                           "cannot be combined with --resume or torchrun")
-    log_main = log if d.is_main else quiet
-    cfg, rd, done = _open_run(cfg, "student", d, resume, overwrite)
+    cfg, rd, done, made = _open_run(cfg, "student", d, resume, overwrite)
     if done is not None:
-        return _finished(rd, done, log_main)
+        return _finished(rd, done, log if d.is_main else quiet)
+    with _no_empty_folder_left(rd, made and d.is_main):
+        return _train_student(cfg, rd, d, log=log, resume=resume, force=force,
+                              time_budget=time_budget, t0=t0)
+
+
+def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resume: bool,
+                   force: bool, time_budget: Optional[float], t0: float) -> dict:
+    """`train` once its folder is open: data, the student's settings checked, the teacher
+    (named, stored or trained here), the plan, then `fit`."""
+    log_main = log if d.is_main else quiet
     out = rd.path
     bundle = load_bundle(cfg)
+    # the student's settings are checked before any work (a teacher may train for long first)
+    check_distillable(cfg, build_student(cfg, bundle.num_classes))
     store: Optional[TeacherStore] = None
     if cfg.distill.store and cfg.distill.kind != "none":
         teacher = _store_teacher(cfg, bundle, out, log_main)
@@ -266,11 +296,12 @@ def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log:
     """Train a CNN teacher on its own (the offline route to a teacher); `resume` and
     `overwrite` as for `train`."""
     d = init_distributed(cfg.device)
-    cfg, rd, done = _open_run(cfg, "teacher", d, resume, overwrite)
+    cfg, rd, done, made = _open_run(cfg, "teacher", d, resume, overwrite)
     if done is not None:
         return _finished(rd, done, log if d.is_main else quiet)
-    return fit(cfg, "teacher", bundle=bundle, log=log, resume=resume and rd.has_last(),
-               force=force, dist_info=d)
+    with _no_empty_folder_left(rd, made and d.is_main):
+        return fit(cfg, "teacher", bundle=bundle, log=log, resume=resume and rd.has_last(),
+                   force=force, dist_info=d)
 
 
 def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,

@@ -46,6 +46,9 @@ def predict(model_path: str, inputs: list[str], topk: int = 5, head: str = "fuse
     "probability"}, ...]} best first; one {"path", "error"} per file that could not be read."""
     if head not in ("fused", "cls", "dist"):
         raise CheckpointError(f"--head must be fused, cls or dist, got {head!r}")
+    for flag, value in (("--topk", topk), ("--batch-size", batch_size)):
+        if value < 1:
+            raise CheckpointError(f"{flag} must be at least 1, got {value}")
     model, meta = load_for_inference(model_path)
     fusion: Fusion = meta.get("fusion", "logits")
     if head != "fused" and not hasattr(model, "head_dist"):

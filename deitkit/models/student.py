@@ -53,9 +53,25 @@ def create_student(name: str, num_classes: int = 1000, img_size: Optional[int] =
         kwargs["patch_size"] = patch_size
     size = kwargs.get("img_size", 224)
     patch = kwargs.get("patch_size", 16)
+    if not (isinstance(patch, int) and patch >= 1):
+        raise ValueError(f"model.patch_size must be a whole number of pixels, at least 1; got "
+                         f"{patch!r}")
     if size % patch:
         raise ValueError(f"img_size {size} is not a multiple of patch_size {patch}")
-    model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"model.drop_path must be in [0, 1); got {drop_path_rate!r}")
+    for key in ("depth", "num_heads", "embed_dim"):
+        value = overrides.get(key)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"model.overrides.{key} must be a whole number, at least 1; got "
+                             f"{value!r}")
+    try:
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    except (TypeError, AssertionError, ValueError, RuntimeError) as e:
+        # timm's own message is an assertion or an unexpected keyword: say which settings
+        raise ValueError(f"model.overrides {overrides} do not make a '{name}' "
+                         f"({type(e).__name__}: {e or 'e.g. the width must divide by num_heads'})"
+                         ) from None
     if has_dist_token(model):
         model.set_distilled_training(True)
     return model
