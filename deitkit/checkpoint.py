@@ -6,8 +6,10 @@ renamed over the old file, so a kill at any moment leaves the last good checkpoi
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -39,11 +41,28 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, CheckpointError):
+            raise CheckpointError(_write_failure(path, e)) from e
         raise
     return path
+
+
+def _write_failure(path: Path, e: BaseException) -> str:
+    """One line: which file could not be written and why (torch.save reports a full disk as a
+    RuntimeError from its zip writer; the free space says what the cause was)."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else \
+        (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    try:
+        free = shutil.disk_usage(path.parent).free
+        if free < 64 * 2**20 or (isinstance(e, OSError) and e.errno == errno.ENOSPC):
+            reason = f"No space left on device ({free / 2**20:.0f} MiB free): {reason}"
+    except OSError:
+        pass
+    return (f"could not write '{path}': {reason}. The previous version of the file, if any, is "
+            "intact; free space or fix the folder's permissions, then resume")
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

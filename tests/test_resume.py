@@ -1,4 +1,5 @@
 """Exact resume, crash-safe checkpoints, refused config changes."""
+import errno
 import json
 import os
 import signal
@@ -148,9 +149,9 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypat
 
     def crash(obj, f, *a, **k):
         f.write(b"partial garbage")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"could not write '.*ck.pt': No space left"):
         atomic_save({"w": torch.zeros(3)}, path)
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
@@ -186,3 +187,28 @@ def test_kept_epoch_checkpoints_are_a_ladder_of_half_point_highs(tmp_path, monke
                     "checkpoint-epoch-005.pt", "checkpoint-epoch-007.pt"]
     assert torch.load(out / "checkpoint-epoch-005.pt",
                       weights_only=True)["metrics"]["fused_top1"] == pytest.approx(0.314)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_last_checkpoint_stays(tmp_path, monkeypatch,
+                                                                      capsys):
+    """The disk fills while epoch 2's checkpoint is written: exit status 2, one line naming the
+    file and the cause, epoch 1's checkpoint intact and the run resumable."""
+    out = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def fills_up(obj, f, *a, **k):
+        calls.append(1)
+        if obj.get("epoch") == 2 and obj.get("meta", {}).get("role") == "student":
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", fills_up)
+    args = ["train", "--out", str(out), "--no-progress", *TINY, "epochs=3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deitkit: error: could not write") and "No space left" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert torch.load(out / "checkpoint-last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(torch, "save", real_save)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 3
