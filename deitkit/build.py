@@ -6,6 +6,7 @@ Nothing here trains or writes: `build_run` returns a `Run`, and `fit` runs it.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +31,7 @@ from .models import (Teacher, create_cnn, create_student, has_dist_token, init_c
                      tune_attention)
 from .models.pretrained import load_pretrained
 from .runtime import (Log, amp_name, autocast, cpu_has_native_bf16, measured_cpu_amp, quiet,
-                      resolve_amp, resolve_device, seed_everything)
+                      recorded_amp, resolve_amp, resolve_device, seed_everything)
 
 # timm names that map to a torch optimiser with a fused implementation (CPU and CUDA)
 FUSED_OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov")
@@ -251,7 +252,6 @@ def _step_probe(cfg: TrainConfig, role: Role, num_classes: int, teacher: Optiona
                 device: torch.device):
     """probe(dtype) -> seconds of 2 training steps (forward, backward) of the run's model on
     a random batch, plus the teacher's forward, after one untimed step."""
-    import time
     models = {}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(cfg.data.batch_size, 3, cfg.data.img_size, cfg.data.img_size, generator=g)
@@ -331,8 +331,7 @@ def build_run(cfg: TrainConfig, role: Role, bundle: DatasetBundle, *, dist_info:
     `store` (a CNN learns from the labels). `amp`: the precision the run trained in before
     (a resume), else `run_amp` decides."""
     device = run_device(cfg, dist_info)
-    if amp == "fp16" and device.type != "cuda":
-        amp = None  # trained on a GPU in fp16, resumed on a CPU: decided afresh
+    amp = recorded_amp(amp, device)
     amp_dtype = (resolve_amp(amp, device) if amp is not None
                  else run_amp(cfg, role, device, bundle.num_classes, log))
     seed_everything(cfg.seed)

@@ -23,7 +23,7 @@ from .engine import NonFiniteLossError
 from .evaluate import evaluate_checkpoint, format_eval
 from .export import export_model
 from .html import write_html
-from .pipeline import format_summary, record_store, train, train_teacher
+from .pipeline import check_run_flags, format_summary, record_store, train, train_teacher
 from .predict import format_predictions, predict, write_predictions
 from .runtime import resolve_device
 from .slurm import SlurmError, submit
@@ -210,8 +210,7 @@ def _config_from(args):
         overrides.append(f"model.name={args.model}")
     if args.no_progress:
         overrides.append("progress=false")
-    if args.resume and getattr(args, "overwrite", False):
-        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+    check_run_flags(bool(args.resume), getattr(args, "overwrite", False))
     if args.resume:
         run = RunDir(args.resume)
         if not run.config.is_file():
@@ -329,21 +328,27 @@ def cmd_predict(args, argv) -> int:
     return 0
 
 
-def cmd_store(args, argv) -> int:
-    if not args.out:
-        raise ConfigError("store: give --out (the store folder)")
+def _resolved(args):
+    """The config of a run command, or None when --dry-run printed it instead."""
     cfg = _config_from(args)
     if args.dry_run:
         print(dump_yaml(cfg), end="")
-        return 0
-    record_store(cfg, args.out, topk=args.topk, dtype=args.dtype)
+        return None
+    return cfg
+
+
+def cmd_store(args, argv) -> int:
+    if not args.out:
+        raise ConfigError("store: give --out (the store folder)")
+    cfg = _resolved(args)
+    if cfg is not None:
+        record_store(cfg, args.out, topk=args.topk, dtype=args.dtype)
     return 0
 
 
 def cmd_train(args, argv) -> int:
-    cfg = _config_from(args)
-    if args.dry_run:
-        print(dump_yaml(cfg), end="")
+    cfg = _resolved(args)
+    if cfg is None:
         return 0
     if args.command == "train":
         summary = train(cfg, resume=bool(args.resume), force=args.force,

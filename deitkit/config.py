@@ -391,13 +391,6 @@ def _merge(obj: Any, updates: dict, prefix: str = "", source: str = "config") ->
         object.__setattr__(obj, key, coerced)  # frozen outside this module
 
 
-def merge_dict(cfg: TrainConfig, updates: dict, source: str = "config") -> TrainConfig:
-    """A new config: `cfg` with a nested dict of updates applied (keys and types checked)."""
-    cfg = copy.deepcopy(cfg)
-    _merge(cfg, updates, source=source)
-    return cfg
-
-
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """A new config: `cfg` with `a.b=value` strings applied; values are parsed as YAML scalars
     (`null`, `0.5`, `true`)."""

@@ -12,7 +12,7 @@ from .engine import EVAL_KEYS, evaluate
 from .models import create_teacher
 from .models.teacher import model_from_checkpoint
 from .rundir import RunDir, resolve_checkpoint
-from .runtime import resolve_amp, resolve_device
+from .runtime import recorded_amp, resolve_amp, resolve_device
 
 
 def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[str] = None,
@@ -26,9 +26,7 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
         cfg = replace_keys(cfg, **{"data.name": data})
     dev = resolve_device(device)
     # the precision the run trained in (recorded), where it was left to `auto`
-    stored = meta.get("amp") if cfg.amp == "auto" else None
-    if stored == "fp16" and dev.type != "cuda":
-        stored = None
+    stored = recorded_amp(meta.get("amp"), dev) if cfg.amp == "auto" else None
     amp_dtype = resolve_amp(stored or cfg.amp, dev)
     bundle = load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
                           digits_size=meta["img_size"])

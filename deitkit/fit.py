@@ -202,12 +202,13 @@ def _save_epoch(rd: RunDir, run: Run, state: TrainState, improved: bool,
                 tb.add_scalar(tb_tag(key), value, state.epoch)
         tb.flush()
     if improved:
-        rd.save_best(state.to_checkpoint(run, full=False))
+        weights = state.to_checkpoint(run, full=False)  # the best and its rung: one state dict
+        rd.save_best(weights)
         if (run.cfg.keep_eval_checkpoints
                 and record["fused_top1"] >= state.kept_top1 + KEEP_EVAL_STEP - 1e-9):
             # a ladder of new highs, one per half point: every accuracy the run reached has a
             # checkpoint within about half a point (every epoch was 6.4 GB for a ResNet-18)
-            rd.save_rung(state.to_checkpoint(run, full=False), state.epoch)
+            rd.save_rung(weights, state.epoch)
             state.kept_top1 = record["fused_top1"]
     rd.save_last(state.to_checkpoint(run))
 

@@ -113,10 +113,9 @@ class RunDir:
         if self.is_finished():
             return "a finished run"
         if self.has_last():
-            try:
-                return f"an interrupted run (last checkpoint after epoch {self.load_last()['epoch']})"
-            except CheckpointError:
-                return "an interrupted run (its last checkpoint is unreadable)"
+            rows = self.read_metrics()  # the epoch line is written before its checkpoint
+            return ("an interrupted run" +
+                    (f" (after epoch {rows[-1]['epoch']})" if rows else ""))
         if self.teacher.holdings():
             return "a run that stopped while its teacher was trained"
         return "a run that stopped before its first checkpoint"

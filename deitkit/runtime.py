@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import random
 import statistics
 from contextlib import nullcontext
@@ -18,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .checkpoint import atomic_write_text
 from .config import ConfigError
 
 
@@ -51,7 +53,6 @@ def cpu_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
     return platform.processor() or "unknown CPU"
 
 
@@ -89,9 +90,7 @@ def measured_cpu_amp(key: dict, probe: Callable[[Optional[torch.dtype]], float],
             entry = {"fp32_seconds": t32, "bf16_seconds": t16,
                      "choice": "bf16" if t16 <= BF16_MARGIN * t32 else "fp32", **full}
             data[k] = entry
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, default=str))
-            os.replace(tmp, path)
+            atomic_write_text(json.dumps(data, indent=1, default=str), path)
     log(f"amp: {entry['choice']} (bf16 measured {entry['fp32_seconds'] / entry['bf16_seconds']:.2f}x "
         f"the speed of fp32 for this run's steps on this CPU, {entry['cpu']}; amp=bf16 or "
         "amp=off to force one)")
@@ -102,6 +101,12 @@ def amp_name(amp_dtype: Optional[torch.dtype]) -> str:
     """The `amp` setting that gives `amp_dtype` (recorded with a run, so that its resume and
     its evaluation use the precision it trained in)."""
     return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+
+
+def recorded_amp(recorded: Optional[str], device: torch.device) -> Optional[str]:
+    """The `amp` a run recorded, as usable on `device` (None: decide afresh): fp16 from a GPU
+    does not exist on a CPU."""
+    return None if recorded == "fp16" and device.type != "cuda" else recorded
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:

@@ -50,6 +50,16 @@ def check_images(browser) -> int:
     return len(images)
 
 
+def folder_hash(folder) -> str:
+    """Every file below `folder`: its relative path and its bytes (to show nothing changed)."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
 def cifar_tar():
     """The shared CIFAR-10 JPEG archive: $DEITKIT_CIFAR_TAR, else ../shared/data beside the
     repository (where .ci/run finds it), else /work/shared/data."""

@@ -1,21 +1,12 @@
 """Bad inputs through the real CLI: each refused with exit status 2 and a line naming what is
 wrong, before work starts, and the output folder (holding a file of the user's) unchanged."""
-import hashlib
-
 import pytest
 
+from conftest import folder_hash
 from deitkit.cli import main
 
 FAST = ["--no-progress", "--device", "cpu", "--epochs", "1", "teacher.train_epochs=1",
         "data.train_fraction=0.1", "model.overrides={depth: 1}"]
-
-
-def _hash(folder):
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 CASES = [  # (arguments after `deitkit`, with OUT for the output folder; a fragment of the error)
@@ -58,13 +49,13 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path, capsys, args, fragme
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("the user's own file")
-    before = _hash(out)
+    before = folder_hash(out)
     code = main([a.replace("OUT", str(out)) for a in args])
     err = capsys.readouterr().err
     assert code == 2, err
     assert fragment in err and err.startswith("deitkit: error:"), err
     assert "Traceback" not in err
-    assert _hash(out) == before
+    assert folder_hash(out) == before
 
 
 def test_a_refused_run_leaves_no_empty_folder(tmp_path, capsys):

@@ -1,12 +1,11 @@
 """Nothing lost: a run folder is never overwritten without its owner's word, and a run can be
 resumed from any moment (its teacher's training included) without changing a finished one."""
-import hashlib
+import importlib
 import shutil
 
 import pytest
 
-import importlib
-
+from conftest import folder_hash
 from deitkit import build_config, train
 from deitkit.cli import main
 from deitkit.pipeline import teacher_config_for
@@ -15,15 +14,6 @@ from deitkit.rundir import RunDir
 fit_mod = importlib.import_module("deitkit.fit")
 FAST = ["--no-progress", "teacher.train_epochs=1", "model.overrides={depth: 1}",
         "data.train_fraction=0.2", "device=cpu"]
-
-
-def _hash(folder):
-    """Every file below `folder`: its relative path and its bytes."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +26,16 @@ def finished(tmp_path_factory):
 def test_a_finished_run_is_neither_overwritten_nor_retrained(finished, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
-    before = _hash(run)
+    before = folder_hash(run)
     for cmd in (["train", "--out", str(run), "--epochs", "1", *FAST],
                 ["teacher", "--out", str(run), "--epochs", "1", "--no-progress"]):
         assert main(cmd) == 2
         err = capsys.readouterr().err
         assert "a finished run" in err and "summary.json" in err and "--overwrite" in err
-        assert _hash(run) == before
+        assert folder_hash(run) == before
     # resuming a finished run says so and changes nothing
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    assert "finished" in capsys.readouterr().out and _hash(run) == before
+    assert "finished" in capsys.readouterr().out and folder_hash(run) == before
     # --overwrite replaces the run's own files, and only those
     (run / "notes.txt").write_text("mine")
     assert main(["train", "--out", str(run), "--epochs", "1", "--overwrite", *FAST]) == 0

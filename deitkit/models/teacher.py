@@ -219,7 +219,7 @@ def classifier_keys(model: nn.Module) -> list[str]:
 
 def _hub_cnn_state(name: str) -> dict:
     """The hub weights of a timm or torchvision CNN (needs the internet)."""
-    if name in timm.list_models(pretrained=True) or name in timm.list_models():
+    if name in timm.list_models():
         return hub_state(name)
     try:
         return torchvision.models.get_model(name, weights="DEFAULT").state_dict()
