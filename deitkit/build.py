@@ -159,10 +159,11 @@ def global_lr(cfg: TrainConfig, world_size: int = 1) -> float:
     return cfg.optim.base_lr * cfg.data.batch_size * world_size / cfg.optim.lr_batch_divisor
 
 
-def build_optimizer(cfg: TrainConfig, model, lr: float):
-    """timm's optimiser factory; the fused single-kernel step where torch has one."""
+def build_optimizer(cfg: TrainConfig, model, lr: float, **extra):
+    """timm's optimiser factory; the fused single-kernel step where torch has one. `extra`
+    goes to the optimiser (e.g. AdamW's betas)."""
     kwargs = dict(opt=cfg.optim.opt, lr=lr, weight_decay=cfg.optim.weight_decay,
-                  momentum=cfg.optim.momentum, filter_bias_and_bn=True)
+                  momentum=cfg.optim.momentum, filter_bias_and_bn=True, **extra)
     if cfg.optim.fused and cfg.optim.opt.lower() in FUSED_OPTIMIZERS:
         try:
             return create_optimizer_v2(model, fused=True, **kwargs)
@@ -232,11 +233,13 @@ def build_step(cfg: TrainConfig, model, criterion: DistillationLoss, *, net=None
 # precision
 
 def run_amp(cfg: TrainConfig, role: Role, device: torch.device, num_classes: int,
-            log: Log = quiet) -> Optional[torch.dtype]:
+            log: Log = quiet, make_model=None, key_extra: Optional[dict] = None
+            ) -> Optional[torch.dtype]:
     """The autocast dtype of `cfg`'s run: `cfg.amp`, where `auto` on a CPU with bf16
     instructions is decided by measuring this run's own step (the model, image size and
     batch; a student's CNN teacher forward included) in both precisions, once per CPU model
-    (runtime.measured_cpu_amp)."""
+    (runtime.measured_cpu_amp). `make_model()`: the module to time instead of
+    `build_model`'s (its forward takes the image batch), with `key_extra` in the cache key."""
     if not (cfg.amp == "auto" and device.type == "cpu" and cpu_has_native_bf16()):
         return resolve_amp(cfg.amp, device)
     teacher = (cfg.teacher.train_model if cfg.teacher.name is None else cfg.teacher.name) \
@@ -244,12 +247,13 @@ def run_amp(cfg: TrainConfig, role: Role, device: torch.device, num_classes: int
     key = {"role": role, "model": cfg.model.name, "img_size": cfg.data.img_size,
            "patch_size": cfg.model.patch_size, "overrides": dict(cfg.model.overrides),
            "small_stem": cfg.model.small_stem, "batch": cfg.data.batch_size,
-           "classes": num_classes, "teacher": teacher}
-    return measured_cpu_amp(key, _step_probe(cfg, role, num_classes, teacher, device), log)
+           "classes": num_classes, "teacher": teacher, **(key_extra or {})}
+    return measured_cpu_amp(key, _step_probe(cfg, role, num_classes, teacher, device,
+                                             make_model), log)
 
 
 def _step_probe(cfg: TrainConfig, role: Role, num_classes: int, teacher: Optional[str],
-                device: torch.device):
+                device: torch.device, make_model=None):
     """probe(dtype) -> seconds of 2 training steps (forward, backward) of the run's model on
     a random batch, plus the teacher's forward, after one untimed step."""
     models = {}
@@ -264,7 +268,8 @@ def _step_probe(cfg: TrainConfig, role: Role, num_classes: int, teacher: Optiona
 
     def probe(dtype: Optional[torch.dtype]) -> float:
         if dtype not in models:
-            model = build_model(cfg, role, num_classes)[0].to(device)
+            model = (make_model() if make_model is not None
+                     else build_model(cfg, role, num_classes)[0]).to(device)
             tune_attention(model, device, dtype)
             models[dtype] = model
         model = models[dtype]

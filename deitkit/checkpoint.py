@@ -126,7 +126,11 @@ def load_state_file(path: str | Path) -> dict:
             return safetensors.torch.load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"weights file '{path}' is not valid safetensors: {e}") from None
-    obj = safe_torch_load(path)
+    return state_of(safe_torch_load(path), path)
+
+
+def state_of(obj: Any, path: str | Path) -> dict:
+    """The state dict inside a loaded weights file `obj` (read from `path`)."""
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state_dict", "model_ema"):
             if key in obj and isinstance(obj[key], dict):

@@ -18,13 +18,14 @@ from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from
 from .data import DataError
 from .data.check import check_dataset, format_report
 from .distributed import shutdown
-from .rundir import RunDir
+from .rundir import RunDir, check_run_flags
 from .engine import NonFiniteLossError
 from .evaluate import evaluate_checkpoint, format_eval
 from .export import export_model
 from .html import write_html
-from .pipeline import check_run_flags, format_summary, record_store, train, train_teacher
+from .pipeline import format_summary, record_store, train, train_teacher
 from .predict import format_predictions, predict, write_predictions
+from .pretrain import format_summary as format_pretrain, pretrain
 from .runtime import resolve_device
 from .slurm import SlurmError, submit
 from .studies import reanalyze, run_study
@@ -78,6 +79,22 @@ def make_parser() -> argparse.ArgumentParser:
                    help="with --resume: accept configuration changes")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (refused without it)")
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining (MAE) of a student's "
+                                        "encoder on unlabelled images", epilog=(
+        "--data: a folder of images (searched recursively; labels ignored), an ImageFolder "
+        "tree (its train/ split) or a built-in dataset. Then: deitkit train --data LABELLED "
+        "model.weights=RUN (the command is printed at the end). " + EPILOG))
+    _common(p, "mae-cpu")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last "
+                                                       "checkpoint, exactly")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept configuration changes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (refused without it)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="set the epochs so that the run ends within MINUTES on this machine "
+                        "(measured on a few steps first)")
 
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
     p.add_argument("run", help="run folder (uses checkpoint-best.pt) or checkpoint file")
@@ -361,7 +378,17 @@ def cmd_train(args, argv) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "teacher": cmd_train, "store": cmd_store, "eval": cmd_eval,
+def cmd_pretrain(args, argv) -> int:
+    cfg = _resolved(args)
+    if cfg is None:
+        return 0
+    summary = pretrain(cfg, resume=bool(args.resume), force=args.force,
+                       overwrite=args.overwrite, time_budget=args.time_budget)
+    print(format_pretrain(summary))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "pretrain": cmd_pretrain, "teacher": cmd_train, "store": cmd_store, "eval": cmd_eval,
             "report": cmd_report, "runs": cmd_runs, "study": cmd_study, "bench": cmd_bench,
             "slurm": cmd_slurm, "data": cmd_data, "export": cmd_export, "predict": cmd_predict,
             "recipes": cmd_recipes}

@@ -34,7 +34,8 @@ Fusion = Literal["logits", "probs"]
 Amp = Literal["auto", "bf16", "fp16", "off"]
 OnError = Literal["error", "skip"]
 OnDevice = Union[bool, Literal["auto"]]
-Role = Literal["student", "teacher"]  # what a run trains: a DeiT student or a CNN teacher
+Role = Literal["student", "teacher", "pretrain"]  # what a run trains: a DeiT student, a CNN
+# teacher, or a student's encoder by masked-autoencoder pretraining (`deitkit pretrain`)
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,34 @@ class EmaConfig:
 
 
 @dataclass(frozen=True)
+class MaeConfig:
+    """Self-supervised pretraining (`deitkit pretrain`): a masked autoencoder (He et al. 2022,
+    arXiv:2111.06377) over the student's own encoder. Unused by `train` and `teacher`."""
+    mask_ratio: float = 0.75
+    """Share of each image's patches hidden from the encoder (the paper's 0.75)."""
+    decoder_dim: int = 128
+    """Width of the light decoder (the paper: 512 for ViT-B/L on ImageNet)."""
+    decoder_depth: int = 2
+    """Transformer blocks of the decoder (the paper: 8; 1 already works, its Table 1a)."""
+    decoder_heads: int = 4
+    """Attention heads of the decoder blocks."""
+    norm_pix_loss: bool = True
+    """Loss on per-patch normalised pixels (each target patch minus its mean, over its
+    standard deviation): the paper's better variant (Table 1d)."""
+    scale_min: float = 0.2
+    """Smallest area fraction of the random resized crop (the paper: 0.2 to 1)."""
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas (the paper's 0.9, 0.95)."""
+    val_images: int = 256
+    """A plain folder of images: this many of them, seeded, are held out for the validation
+    loss and the pictures (an ImageFolder tree uses its val/ or test/ split)."""
+    pictures: int = 8
+    """Validation images in each picture grid (original, masked, reconstruction); 0: none."""
+    picture_epochs: int = 4
+    """Picture grids at about this many evenly spaced epochs (the first and last included)."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run."""
     recipe: RecipeInfo = field(default_factory=RecipeInfo)
@@ -268,6 +297,7 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    mae: MaeConfig = field(default_factory=MaeConfig)
     epochs: int = 300
     """Training epochs."""
     seed: int = 0
@@ -520,6 +550,14 @@ def validate(cfg: TrainConfig) -> None:
         ("eval_every", cfg.eval_every >= 1, "at least 1"),
         ("distill.store_verify_batches", cfg.distill.store_verify_batches >= -1,
          "-1 (all), 0 (none) or a count"),
+        ("mae.mask_ratio", 0.0 < cfg.mae.mask_ratio < 1.0, "in (0, 1)"),
+        ("mae.decoder_dim", cfg.mae.decoder_dim >= 1, "at least 1"),
+        ("mae.decoder_depth", cfg.mae.decoder_depth >= 1, "at least 1"),
+        ("mae.decoder_heads", cfg.mae.decoder_heads >= 1
+         and cfg.mae.decoder_dim % cfg.mae.decoder_heads == 0,
+         "at least 1 and a divisor of mae.decoder_dim"),
+        ("mae.scale_min", 0.0 < cfg.mae.scale_min <= 1.0, "in (0, 1]"),
+        ("mae.pictures", cfg.mae.pictures >= 0, "0 or more"),
     ]
     for key, ok, what in checks:
         if not ok:
@@ -565,6 +603,11 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def run_changing_keys(stored: dict, now: dict) -> list[str]:
     """Dotted keys that make config `now` a different run from `stored` (those in
-    RESULT_FREE_KEYS and the recipe's descriptive fields do not)."""
+    RESULT_FREE_KEYS and the recipe's descriptive fields do not). A key the stored config
+    lacks (written by an older deitkit) counts as its default."""
+    try:
+        stored = to_dict(from_dict(stored))
+    except ConfigError:
+        pass  # a key this version does not know: compared as it is, so it shows as a change
     return [k for k in config_diff(stored, now)
             if k not in RESULT_FREE_KEYS and not k.startswith("recipe.")]

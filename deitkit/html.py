@@ -116,6 +116,51 @@ def run_page(run_dir: Path) -> str:
     return _page(title, body)
 
 
+def pretrain_page(run_dir: Path) -> str:
+    """A pretraining run: its facts, the loss curves, and the reconstruction grids."""
+    rd = RunDir(run_dir)
+    summary, metrics = rd.read_summary(), rd.read_metrics()
+    config = rd.config.read_text() if rd.config.is_file() else ""
+
+    def series(key: str, label: str) -> dict:
+        rows = [r for r in metrics if r.get(key) is not None]
+        return {"label": label, "x": [r["epoch"] for r in rows], "y": [r[key] for r in rows]}
+    loss = {"title": "Reconstruction loss (hidden patches)", "xlabel": "epoch",
+            "ylabel": "loss", "series": [s for s in (series("train_loss", "training"),
+                                                     series("val_loss", "validation"))
+                                         if s["x"]]}
+    title = f"MAE pretraining of {summary.get('encoder')} on {summary.get('dataset')}"
+    facts = [("epochs", "epochs", str(summary.get("epochs"))),
+             ("training images", "train_images", str(summary.get("train_images"))),
+             ("validation images", "eval_images", str(summary.get("eval_images"))),
+             ("mask ratio", "mask_ratio", f"{summary.get('mask_ratio')}"),
+             ("validation loss, first evaluation", "first_val_loss",
+              fmt(summary.get("first_val_loss"))),
+             ("validation loss, end", "val_loss", fmt(summary.get("val_loss"))),
+             ("wall time (s)", "wall_seconds", f"{summary.get('wall_seconds', 0):.1f}")]
+    rows = "".join(f"<tr><td>{label}</td><td data-key=\"{key}\">{html.escape(value)}</td></tr>"
+                   for label, key, value in facts)
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p>Self-supervised run folder {html.escape(run_dir.name)}: the encoder saw "
+            f"{100 * (1 - summary.get('mask_ratio', 0)):.0f} % of each image's patches and "
+            "learnt to paint the rest. Start a student from it with <code>deitkit train "
+            f"{html.escape(' '.join(summary.get('student_keys', [])))}</code>.</p>",
+            f"<table id=\"results\"><thead><tr><th>fact</th><th>value</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>", "<h2>Loss</h2>", _plot(loss),
+            "<h2>Reconstructions</h2>",
+            "<p>Validation images, one per row: the original, what the encoder saw (hidden "
+            "patches grey), and the reconstruction (visible patches pasted back). The masks "
+            "are the same at every epoch.</p>"]
+    for epoch, png in rd.pictures():
+        body.append(f"<figure class=\"reconstruction\" data-epoch=\"{epoch}\">"
+                    + _img(png.read_bytes(), f"reconstructions after epoch {epoch}")
+                    .replace("<img ", "<img style=\"image-rendering: pixelated; "
+                             "max-width: 300px\" ")
+                    + f"<figcaption>after epoch {epoch}</figcaption></figure>")
+    body += ["<h2>Configuration</h2>", f"<pre>{html.escape(config)}</pre>"]
+    return _page(title, body)
+
+
 def study_page(study_dir: Path) -> str:
     res = json.loads((study_dir / "results.json").read_text())
     body = [f"<h1>{html.escape(res['title'])}</h1>"]
@@ -160,7 +205,8 @@ def write_html(folder: str | Path) -> Path:
     if (folder / "results.json").is_file():
         text = study_page(folder)
     elif RunDir(folder).is_finished() and RunDir(folder).metrics.is_file():
-        text = run_page(folder)
+        pretraining = RunDir(folder).read_summary().get("role") == "pretrain"
+        text = (pretrain_page if pretraining else run_page)(folder)
     else:
         raise ConfigError(f"'{folder}' is neither a run folder (summary.json, metrics.jsonl) "
                           "nor a study folder (results.json)")

@@ -33,49 +33,8 @@ from .distributed import DistInfo, barrier, init_distributed
 from .fit import fit
 from .models import Teacher, create_cnn, create_teacher
 from .plan import Plan, plan_run
-from .rundir import RunDir
+from .rundir import RunDir, no_empty_folder_left, open_run
 from .runtime import Log, autocast, quiet
-
-
-def check_run_flags(resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
-
-
-def _open_run(cfg: TrainConfig, role: Role, d: DistInfo, resume: bool,
-              overwrite: bool) -> tuple[TrainConfig, RunDir, Optional[dict], bool]:
-    """The run folder: for a new run, claimed (a folder holding another run is refused unless
-    `overwrite`; without --out a new folder runs/<recipe>-<time>, created exclusively); for a
-    resumed one, as it is. Also: the summary of a resumed run that had finished (nothing is to
-    be done), and whether the folder was made here."""
-    check_run_flags(resume, overwrite)
-    if not cfg.out:
-        if d.enabled:
-            raise ConfigError("give --out when running under torchrun (every process must "
-                              "agree on the run folder)")
-        cfg = replace(cfg, out=str(RunDir.new_unique("runs", cfg.recipe.name or role).path))
-        made = True
-    else:
-        made = not Path(cfg.out).expanduser().exists()
-    rd = RunDir(cfg.out)
-    if resume:  # finished with the same configuration: nothing to do (--force may extend it)
-        done = rd.is_finished() and not run_changing_keys(rd.read_config(), to_dict(cfg))
-        return cfg, rd, rd.read_summary() if done else None, made
-    rd.claim(overwrite, delete=d.is_main)
-    barrier()  # every rank sees the folder claimed before any writes to it
-    return cfg, rd, None, made
-
-
-@contextmanager
-def _no_empty_folder_left(rd: RunDir, made: bool):
-    """A run that fails before writing anything leaves no empty folder behind (a folder that
-    was there before is kept)."""
-    try:
-        yield
-    except BaseException:
-        if made and rd.path.is_dir() and not any(rd.path.iterdir()):
-            rd.path.rmdir()
-        raise
 
 
 def _finished(rd: RunDir, summary: dict, log: Log) -> dict:
@@ -246,10 +205,10 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
     if time_budget is not None and (resume or d.enabled):
         raise ConfigError("--time-budget sets the epochs of a new single-process run; it "
                           "cannot be combined with --resume or torchrun")
-    cfg, rd, done, made = _open_run(cfg, "student", d, resume, overwrite)
+    cfg, rd, done, made = open_run(cfg, "student", d, resume, overwrite)
     if done is not None:
         return _finished(rd, done, log if d.is_main else quiet)
-    with _no_empty_folder_left(rd, made and d.is_main):
+    with no_empty_folder_left(rd, made and d.is_main):
         return _train_student(cfg, rd, d, log=log, resume=resume, force=force,
                               time_budget=time_budget, t0=t0)
 
@@ -303,10 +262,10 @@ def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log:
     """Train a CNN teacher on its own (the offline route to a teacher); `resume` and
     `overwrite` as for `train`."""
     d = init_distributed(cfg.device)
-    cfg, rd, done, made = _open_run(cfg, "teacher", d, resume, overwrite)
+    cfg, rd, done, made = open_run(cfg, "teacher", d, resume, overwrite)
     if done is not None:
         return _finished(rd, done, log if d.is_main else quiet)
-    with _no_empty_folder_left(rd, made and d.is_main):
+    with no_empty_folder_left(rd, made and d.is_main):
         return fit(cfg, "teacher", bundle=bundle, log=log, resume=resume and rd.has_last(),
                    force=force, dist_info=d)
 

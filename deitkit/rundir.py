@@ -11,6 +11,7 @@ A run folder (`deitkit train --out DIR`) holds:
     skipped_images.txt       with data.on_bad_image=skip: one line per skipped file
     tb/                      TensorBoard scalars
     teacher/                 the CNN teacher's own run folder, when the run trained one
+    pictures/epoch-NNN.png   pretraining runs: validation images, masked, reconstructed
 
 Everything else reads and writes these through `RunDir`, so a name or a format changes here
 only. Writes are atomic (temporary file, fsync, rename) except the metrics line, which is
@@ -22,11 +23,15 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import CheckpointError, atomic_save, atomic_write_text, load_checkpoint
-from .config import ConfigError, TrainConfig, dump_yaml, load_yaml_file
+from .config import (ConfigError, TrainConfig, dump_yaml, load_yaml_file, run_changing_keys,
+                     to_dict)
+from .distributed import DistInfo, barrier
 
 
 class RunDir:
@@ -40,9 +45,10 @@ class RunDir:
     SKIPPED = "skipped_images.txt"
     TB = "tb"
     TEACHER = "teacher"
+    PICTURES = "pictures"
 
     # what a run writes into its folder (the rungs, checkpoint-epoch-NNN.pt, besides)
-    RUN_FILES = (CONFIG, METRICS, LAST, BEST, SUMMARY, SKIPPED, TB, TEACHER)
+    RUN_FILES = (CONFIG, METRICS, LAST, BEST, SUMMARY, SKIPPED, TB, TEACHER, PICTURES)
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
@@ -66,6 +72,16 @@ class RunDir:
     def teacher(self) -> "RunDir":
         """The folder of the CNN teacher this run trained (it may not exist)."""
         return RunDir(self.path / self.TEACHER)
+
+    def picture(self, epoch: int) -> Path:
+        """A pretraining run's grid of validation reconstructions after epoch `epoch`."""
+        return self.path / self.PICTURES / f"epoch-{epoch:03d}.png"
+
+    def pictures(self) -> list[tuple[int, Path]]:
+        """(epoch, picture) of every grid the run wrote, in epoch order."""
+        folder = self.path / self.PICTURES
+        found = sorted(folder.glob("epoch-*.png")) if folder.is_dir() else []
+        return [(int(p.stem.split("-")[1]), p) for p in found]
 
     def rung(self, epoch: int) -> Path:
         """The kept checkpoint of evaluated epoch `epoch` (keep_eval_checkpoints)."""
@@ -241,3 +257,47 @@ def resolve_checkpoint(src: str | Path, last: bool = False, what: str = "run fol
     if p.is_dir():
         return RunDir(p).checkpoint(last=last, what=what)
     return p
+
+
+# -------------------------------------------------------------------------------------------
+# opening a run
+
+def check_run_flags(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+
+
+def open_run(cfg: TrainConfig, stem: str, d: DistInfo, resume: bool,
+             overwrite: bool) -> tuple[TrainConfig, RunDir, Optional[dict], bool]:
+    """The run folder: for a new run, claimed (a folder holding another run is refused unless
+    `overwrite`; without --out a new folder runs/<recipe>-<time>, created exclusively); for a
+    resumed one, as it is. Also: the summary of a resumed run that had finished (nothing is to
+    be done), and whether the folder was made here."""
+    check_run_flags(resume, overwrite)
+    if not cfg.out:
+        if d.enabled:
+            raise ConfigError("give --out when running under torchrun (every process must "
+                              "agree on the run folder)")
+        cfg = replace(cfg, out=str(RunDir.new_unique("runs", cfg.recipe.name or stem).path))
+        made = True
+    else:
+        made = not Path(cfg.out).expanduser().exists()
+    rd = RunDir(cfg.out)
+    if resume:  # finished with the same configuration: nothing to do (--force may extend it)
+        done = rd.is_finished() and not run_changing_keys(rd.read_config(), to_dict(cfg))
+        return cfg, rd, rd.read_summary() if done else None, made
+    rd.claim(overwrite, delete=d.is_main)
+    barrier()  # every rank sees the folder claimed before any writes to it
+    return cfg, rd, None, made
+
+
+@contextmanager
+def no_empty_folder_left(rd: RunDir, made: bool):
+    """A run that fails before writing anything leaves no empty folder behind (a folder that
+    was there before is kept)."""
+    try:
+        yield
+    except BaseException:
+        if made and rd.path.is_dir() and not any(rd.path.iterdir()):
+            rd.path.rmdir()
+        raise

@@ -342,3 +342,53 @@ def load_dataset(name: str, root: str = "~/.cache/deitkit/datasets", download: b
     idx = stratified_subset(_targets(train), train_fraction, fraction_seed)
     return DatasetBundle(TransformDataset(train, idx), TransformDataset(val), classes,
                          name, val_split)
+
+
+# ---------------------------------------------------------------------------------------------
+# images without labels (self-supervised pretraining)
+
+class PlainImageFiles(Dataset):
+    """Image files, labels ignored (every target 0); `samples` names each file for errors."""
+
+    def __init__(self, files: Sequence[Path]):
+        self.samples = [(str(f), 0) for f in files]
+        self.targets = [0] * len(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return load_image(self.samples[i][0]), 0
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder`, searched recursively, in a fixed order."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    return sorted(f for f in folder.rglob("*")
+                  if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+
+
+def load_unlabelled(name: str, root: str = "~/.cache/deitkit/datasets", download: bool = True,
+                    train_fraction: float = 1.0, fraction_seed: int = 0, digits_size: int = 32,
+                    val_images: int = 256, seed: int = 0) -> DatasetBundle:
+    """Images for self-supervised pretraining, labels ignored: a built-in source or an
+    ImageFolder tree (its training split, `train_fraction` of it; validation from its own
+    split, so no validation image is trained on), or any folder of images, searched
+    recursively (`val_images` of them, seeded, held out for validation)."""
+    path = Path(name).expanduser()
+    if not path.is_dir() or (path / "train").is_dir():
+        bundle = load_dataset(name, root, download, train_fraction, fraction_seed, digits_size)
+        return DatasetBundle(bundle.train, bundle.val, [], bundle.name, bundle.val_split)
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    files = image_files(path)
+    if len(files) < 2:
+        raise DataError(f"'{path}' holds {len(files)} image file(s) (searched recursively; "
+                        f"extensions {', '.join(IMG_EXTENSIONS)}): pretraining needs at least 2")
+    n_val = min(val_images, max(1, len(files) // 10))
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    keep = [train_idx[i] for i in stratified_subset([0] * len(train_idx), train_fraction,
+                                                    fraction_seed)]
+    base = PlainImageFiles(files)
+    return DatasetBundle(TransformDataset(base, keep), TransformDataset(base, val_idx), [],
+                         str(path), "held-out")

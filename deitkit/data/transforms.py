@@ -62,3 +62,12 @@ def build_eval_transform(aug: AugConfig, size: int, mean: Sequence[float], std: 
     resize = int(round(size / aug.eval_crop_pct))
     return T.Compose([T.Resize(resize, interpolation=_INTERP[aug.interpolation]),
                       T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def build_mae_transform(size: int, scale_min: float, hflip: float, mean: Sequence[float],
+                        std: Sequence[float], interpolation: str = "bicubic"):
+    """The MAE paper's pretraining augmentation: a random resized crop of `scale_min` to all
+    of the image, a horizontal flip, normalisation; nothing else."""
+    return T.Compose([T.RandomResizedCrop(size, scale=(scale_min, 1.0),
+                                          interpolation=_INTERP[interpolation]),
+                      T.RandomHorizontalFlip(hflip), T.ToTensor(), T.Normalize(mean, std)])

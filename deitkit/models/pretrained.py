@@ -20,7 +20,9 @@ import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_state_file, unwrap_state
+from ..checkpoint import (CheckpointError, load_state_file, safe_torch_load, state_of,
+                          unwrap_state)
+from ..rundir import resolve_checkpoint
 
 HEADS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 
@@ -144,16 +146,30 @@ def load_pretrained(model: nn.Module, weights: Optional[str] = None,
     loaded, resampled and re-initialised, one line each."""
     if weights:
         path = Path(weights).expanduser()
+        if path.is_dir():  # a run folder: a `deitkit pretrain` run, or a trained student
+            path = resolve_checkpoint(path, what="model.weights folder")
         if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
             source = f"{path} (deitkit export)"
         else:
             source = str(path)
-        state = load_state_file(path)
+        if path.suffix == ".safetensors":
+            state = load_state_file(path)
+        else:
+            obj = safe_torch_load(path)
+            meta = obj.get("meta") if isinstance(obj, dict) else None
+            if isinstance(meta, dict) and meta.get("role") == "pretrain":
+                source = (f"{path} (deitkit MAE pretraining of {meta.get('encoder')}, "
+                          f"epoch {obj.get('epoch')})")
+            state = state_of(obj, path)
     elif hub_name:
         state, source = hub_state(hub_name), f"timm hub weights of {hub_name}"
     else:
         return []
     state, log = adapt_state(state, model, source)
-    missing, _ = model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False)
     n = sum(v.numel() for v in state.values())
+    fresh = [k for k in HEADS if k in model.state_dict() and k not in state]
+    if fresh and "heads re-initialised" not in " ".join(log):
+        log.append(f"heads fresh ({', '.join(sorted({k.split('.')[0] for k in fresh}))}: the "
+                   "weights have none)")
     return [f"loaded {len(state)} tensors ({n / 1e6:.2f} M values) from {source}", *log]
