@@ -350,7 +350,7 @@ def build_run(cfg: TrainConfig, role: Role, bundle: DatasetBundle, *, dist_info:
             for line in init_cnn(model, cfg.model.weights, hub):
                 log(f"teacher init: {line}")
     elif fresh:
-        for line in load_pretrained(model, cfg.model.weights, hub):
+        for line in load_pretrained(model, cfg.model.weights, hub, classes=bundle.classes):
             log(f"student init: {line}")
     if role == "student":
         seed_everything(cfg.seed + dist_info.rank)  # one stream per rank, whatever the init cost

@@ -14,7 +14,7 @@ from .bench import BenchConfig, main_bench
 from .checkpoint import CheckpointError
 from .compare import compare_runs, format_rows
 from .config import (ConfigError, apply_overrides, build_config, dump_yaml, from_dict,
-                     list_recipes, recipe_dict, validate)
+                     list_recipes, recipe_dict, unused_keys, validate)
 from .data import DataError
 from .data.check import check_dataset, format_report
 from .distributed import shutdown
@@ -345,9 +345,18 @@ def cmd_predict(args, argv) -> int:
     return 0
 
 
+ROLE_OF = {"train": "student", "store": "student", "teacher": "teacher", "pretrain": "pretrain"}
+
+
 def _resolved(args):
-    """The config of a run command, or None when --dry-run printed it instead."""
+    """The config of a run command, or None when --dry-run printed it instead. A key given on
+    the command line that this run would not read is refused, naming it."""
     cfg = _config_from(args)
+    given = [o.split("=", 1)[0].strip() for o in args.overrides if "=" in o]
+    unused = unused_keys(cfg, ROLE_OF[args.command], given)
+    if unused:
+        raise ConfigError("not used by this run, so refused rather than ignored: "
+                          + "; ".join(unused))
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return None

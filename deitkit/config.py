@@ -182,7 +182,20 @@ class TeacherConfig:
     train_model: str = "resnet18"
     """CNN trained on the same split when no teacher is given."""
     train_recipe: str = "cnn-teacher"
-    """Recipe used to train that CNN."""
+    """Recipe used to train that CNN (from `train_weights` / `train_pretrained` and left at
+    `cnn-teacher`: the `cnn-finetune` recipe instead)."""
+    train_weights: Optional[str] = None
+    """Fine-tune that CNN from this weights file (timm or torchvision state dict,
+    safetensors or .pth; a 1000-class ImageNet file gets a new classifier for the data's
+    classes) instead of training it from random weights."""
+    train_pretrained: bool = False
+    """Fine-tune that CNN from the timm hub weights of `train_model` (needs the internet;
+    offline, save them once and use `train_weights`)."""
+    img_size: Optional[int] = None
+    """The teacher's input side in pixels (None: the student's). The student's batch is
+    resized for it on the device (bilinear, antialiased), and a CNN the run trains is trained
+    at this size: an ImageNet CNN keeps a resolution it works at while the student trains on
+    small images (BiT's rule: images under 96 px upscaled to 128-160 for fine-tuning)."""
     train_epochs: Optional[int] = None
     """Epochs for that CNN (None: the recipe's value)."""
     train_overrides: list = field(default_factory=list)
@@ -550,6 +563,8 @@ def validate(cfg: TrainConfig) -> None:
         ("eval_every", cfg.eval_every >= 1, "at least 1"),
         ("distill.store_verify_batches", cfg.distill.store_verify_batches >= -1,
          "-1 (all), 0 (none) or a count"),
+        ("teacher.img_size", cfg.teacher.img_size is None or cfg.teacher.img_size >= 8,
+         "null (the student's) or at least 8"),
         ("mae.mask_ratio", 0.0 < cfg.mae.mask_ratio < 1.0, "in (0, 1)"),
         ("mae.decoder_dim", cfg.mae.decoder_dim >= 1, "at least 1"),
         ("mae.decoder_depth", cfg.mae.decoder_depth >= 1, "at least 1"),
@@ -579,6 +594,41 @@ def heads_kind_problem(kind: str, heads: str) -> Optional[str]:
     if heads == "dist" and kind == "none":
         return "heads=dist trains on teacher labels only: set distill.kind=hard or soft"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# keys a run does not use
+
+# (key prefix, roles that never read it, why), and the keys a pretraining run reads besides
+# data, model (but small_stem), optim, mae and the run's own settings
+_UNUSED = [("mae.", ("student", "teacher"), "only `deitkit pretrain` reads mae.*"),
+           ("distill.", ("teacher", "pretrain"), "a {role} run distils from no teacher"),
+           ("teacher.", ("teacher", "pretrain"), "a {role} run has no teacher"),
+           ("model.small_stem", ("student", "pretrain"), "small_stem is a CNN setting"),
+           ("model.patch_size", ("teacher",), "a CNN has no patches"),
+           ("model.drop_path", ("teacher",), "the CNN is built without stochastic depth"),
+           ("ema.", ("pretrain",), "pretraining keeps no EMA"),
+           ("aug.", ("pretrain",), "pretraining uses a random resized crop (mae.scale_min) and "
+                                   "a flip (aug.hflip) only"),
+           ("eval_train_images", ("pretrain",), "pretraining has no labels to score")]
+_PRETRAIN_AUG = ("aug.hflip", "aug.interpolation", "aug.eval_crop_pct")
+
+
+def unused_keys(cfg: TrainConfig, role: str, keys: list[str]) -> list[str]:
+    """Of the dotted `keys` a user set, those a `role` run of `cfg` would not read, each with
+    the reason (`teacher.train_epochs: distill.kind=none trains no teacher`). A key set but not
+    used is refused rather than silently dropped."""
+    out = []
+    for key in keys:
+        why = next((w.format(role=role) for prefix, roles, w in _UNUSED
+                    if key.startswith(prefix) and role in roles
+                    and not (role == "pretrain" and key in _PRETRAIN_AUG)), None)
+        if (why is None and role == "student" and key.startswith("teacher.")
+                and cfg.distill.kind == "none" and cfg.teacher.name is None):
+            why = "distill.kind=none trains and runs no teacher"
+        if why is not None:
+            out.append(f"{key}: {why}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

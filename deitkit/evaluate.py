@@ -10,7 +10,7 @@ from .config import from_dict, replace_keys
 from .data import build_eval_transform, load_dataset
 from .engine import EVAL_KEYS, evaluate
 from .models import create_teacher
-from .models.teacher import model_from_checkpoint
+from .models.teacher import check_class_names, model_from_checkpoint
 from .rundir import RunDir, resolve_checkpoint
 from .runtime import recorded_amp, resolve_amp, resolve_device
 
@@ -21,6 +21,7 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
     path = resolve_checkpoint(run, last=last)
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
+    model = model_from_checkpoint(ckpt, path)  # first: a checkpoint it cannot use is refused
     cfg = from_dict(ckpt["config"], source=f"config stored in '{path}'")
     if data is not None:
         cfg = replace_keys(cfg, **{"data.name": data})
@@ -33,8 +34,9 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
     if bundle.num_classes != meta["num_classes"]:
         raise CheckpointError(f"'{path}' predicts {meta['num_classes']} classes but dataset "
                               f"'{cfg.data.name}' has {bundle.num_classes}")
-    model = model_from_checkpoint(ckpt, path).to(dev)
+    check_class_names(meta.get("classes"), bundle.classes, f"'{path}'")
 
+    model.to(dev)
     t = None
     run_dir = path.parent
     if teacher is None and meta["role"] == "student":
@@ -44,7 +46,8 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
             teacher, teacher_weights = cfg.teacher.name, teacher_weights or cfg.teacher.weights
     if teacher is not None:
         t = create_teacher(teacher, num_classes=bundle.num_classes, weights=teacher_weights)
-        t.set_student_norm(meta["mean"], meta["std"])
+        t.set_student_input(meta["mean"], meta["std"], cfg.teacher.img_size)
+        check_class_names(t.classes, bundle.classes, f"the teacher '{teacher}'")
         t.to(dev)
     val = bundle.val.with_transform(build_eval_transform(cfg.aug, meta["img_size"], meta["mean"],
                                                          meta["std"]))

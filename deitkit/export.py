@@ -89,8 +89,11 @@ def export_safetensors(src: str | Path, out: str | Path) -> tuple[Path, Path]:
     ckpt = load_checkpoint(resolve_model_file(src))
     out = Path(out)
     state = {k: v.contiguous() for k, v in unwrap_state(ckpt["model"]).items()}
+    meta = ckpt["meta"]
+    if meta.get("role") == "pretrain":  # the encoder alone: a plain timm ViT without a head
+        meta = {**meta, "model_name": meta["encoder"], "num_classes": 0}
     atomic_write(out, lambda f: f.write(safetensors.torch.save(state)))
-    meta = {**ckpt["meta"], "timm_kwargs": timm_kwargs(ckpt["meta"])}
+    meta = {**meta, "timm_kwargs": timm_kwargs(meta)}
     meta_path = out.with_suffix(".json")
     atomic_write_text(json.dumps(meta, indent=2) + "\n", meta_path)
     return out, meta_path

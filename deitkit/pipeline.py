@@ -32,6 +32,7 @@ from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, chec
 from .distributed import DistInfo, barrier, init_distributed
 from .fit import fit
 from .models import Teacher, create_cnn, create_teacher
+from .models.teacher import check_class_names
 from .plan import Plan, plan_run
 from .rundir import RunDir, no_empty_folder_left, open_run
 from .runtime import Log, autocast, quiet
@@ -50,17 +51,34 @@ def teacher_config_for(cfg: TrainConfig, out: Path) -> TrainConfig:
     """The CNN-teacher run that a student run needs: same data, split and seed. By rule, every
     `data.*` setting of the student carries over except those the teacher's own recipe or
     `teacher.train_overrides` set (the teacher recipe's batch size, say)."""
-    overrides = list(cfg.teacher.train_overrides)
-    tcfg = build_config(cfg.teacher.train_recipe, overrides=overrides)
-    own = {f"data.{k}" for k in recipe_dict(cfg.teacher.train_recipe).get("data", {})}
+    t = cfg.teacher
+    overrides = list(t.train_overrides)
+    recipe = teacher_recipe(cfg)
+    tcfg = build_config(recipe, overrides=overrides)
+    own = {f"data.{k}" for k in recipe_dict(recipe).get("data", {})}
     own |= {o.split("=", 1)[0].strip() for o in overrides}
     shared = {f"data.{f.name}": copy.deepcopy(getattr(cfg.data, f.name))
               for f in dataclasses.fields(cfg.data) if f"data.{f.name}" not in own}
-    if cfg.teacher.train_epochs is not None:
-        shared["epochs"] = cfg.teacher.train_epochs
+    if t.img_size is not None:  # the teacher's own resolution
+        shared["data.img_size"] = t.img_size
+    if t.train_epochs is not None:
+        shared["epochs"] = t.train_epochs
+    if t.train_weights is not None:
+        shared["model.weights"] = t.train_weights
+    if t.train_pretrained:
+        shared["model.pretrained"] = True
     return replace_keys(tcfg, **shared, **{"model.name": cfg.teacher.train_model},
                         seed=cfg.seed, amp=cfg.amp, device=cfg.device, progress=cfg.progress,
                         out=str(out))
+
+
+def teacher_recipe(cfg: TrainConfig) -> str:
+    """The recipe of the CNN a student run trains: `teacher.train_recipe`, except that a
+    fine-tuning from pretrained weights left at the default gets `cnn-finetune`."""
+    t = cfg.teacher
+    if (t.train_weights or t.train_pretrained) and t.train_recipe == "cnn-teacher":
+        return "cnn-finetune"
+    return t.train_recipe
 
 
 @contextmanager
@@ -71,7 +89,7 @@ def teacher_settings(cfg: TrainConfig, tdir: Path):
         yield
     except ConfigError as e:
         raise ConfigError(
-            f"the teacher run in '{tdir}' (recipe {cfg.teacher.train_recipe}): {e}. Its "
+            f"the teacher run in '{tdir}' (recipe {teacher_recipe(cfg)}): {e}. Its "
             "settings are given as teacher.train_overrides=[key=value, ...] (now "
             f"{list(cfg.teacher.train_overrides)})") from None
 
@@ -93,12 +111,18 @@ def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
         else:
             tcfg = teacher_config_for(cfg, tdir.path)
             resume = tdir.has_last()
-            log(f"no teacher given: {'resuming' if resume else 'training'} a {tcfg.model.name} "
-                f"teacher for {tcfg.epochs} epochs (recipe {cfg.teacher.train_recipe}) in {tdir}")
+            how = ("fine-tuning" if tcfg.model.weights or tcfg.model.pretrained else "training")
+            log(f"no teacher given: {'resuming' if resume else how} a {tcfg.model.name} "
+                f"teacher for {tcfg.epochs} epochs at {tcfg.data.img_size} px (recipe "
+                f"{teacher_recipe(cfg)}) in {tdir}")
             with teacher_settings(cfg, tdir.path):
-                fit(tcfg, "teacher", bundle=bundle, log=log, resume=resume, dist_info=dist_info)
+                same_images = tcfg.data.img_size == cfg.data.img_size  # digits: decoded to it
+                fit(tcfg, "teacher", bundle=bundle if same_images else None, log=log,
+                    resume=resume, dist_info=dist_info)
         teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
-    teacher.set_student_norm(cfg.data.mean, cfg.data.std)
+    teacher.set_student_input(cfg.data.mean, cfg.data.std, cfg.teacher.img_size)
+    check_class_names(teacher.classes, bundle.classes, f"the teacher '{cfg.teacher.name}'"
+                      if cfg.teacher.name else "the teacher")
     return teacher
 
 
@@ -112,7 +136,7 @@ def _store_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
     if not tdir.has_best():
         return None
     teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
-    teacher.set_student_norm(cfg.data.mean, cfg.data.std)
+    teacher.set_student_input(cfg.data.mean, cfg.data.std, cfg.teacher.img_size)
     return teacher
 
 
@@ -149,6 +173,7 @@ def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optio
         stand_in = Teacher(create_cnn(tcfg.model.name, bundle.num_classes,
                                       small_stem=tcfg.model.small_stem, **tcfg.model.overrides),
                            tcfg.data.mean, tcfg.data.std)
+        stand_in.set_student_input(cfg.data.mean, cfg.data.std, cfg.teacher.img_size)
     budget = None
     if budget_minutes is not None:  # 8 % kept for the estimate's error and the final summary
         budget = 0.92 * (60 * budget_minutes - process_seconds())

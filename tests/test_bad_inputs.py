@@ -40,6 +40,26 @@ CASES = [  # (arguments after `deitkit`, with OUT for the output folder; a fragm
     (["export", "OUT/none.pt", "OUT/mine.txt"], "would overwrite"),
     (["export", "OUT/none.pt", "OUT/model.bin"], "use a .safetensors or .onnx"),
     (["eval", "OUT/none.pt"], "does not exist"),
+    # keys set but not read by this run: refused, never silently dropped
+    (["train", "--out", "OUT", *FAST, "distill.kind=none", "distill.heads=cls"],
+     "teacher.train_epochs: distill.kind=none trains and runs no teacher"),
+    (["train", "--out", "OUT", *FAST, "mae.mask_ratio=0.5"], "only `deitkit pretrain` reads"),
+    (["train", "--out", "OUT", *FAST, "model.small_stem=true"], "small_stem is a CNN setting"),
+    (["teacher", "--out", "OUT", "--no-progress", "--epochs", "1", "distill.kind=soft"],
+     "a teacher run distils from no teacher"),
+    (["teacher", "--out", "OUT", "--no-progress", "--epochs", "1", "model.patch_size=4"],
+     "a CNN has no patches"),
+    (["pretrain", "--out", "OUT", "--no-progress", "--epochs", "1", "aug.mixup=0"],
+     "random resized crop"),
+    (["pretrain", "--out", "OUT", "--no-progress", "--epochs", "1", "ema.decay=0.9"],
+     "pretraining keeps no EMA"),
+    (["pretrain", "--out", "OUT", "--no-progress", "--epochs", "1", "--time-budget", "inf"],
+     "finite number of minutes"),
+    (["pretrain", "--out", "OUT", "--no-progress", "--epochs", "1", "mae.mask_ratio=1"],
+     "mae.mask_ratio"),
+    (["pretrain", "--out", "OUT", "--no-progress", "--epochs", "1", "model.weights=w.pt"],
+     "starts from random weights"),
+    (["pretrain", "--resume", "OUT"], "holds no config.yaml"),
 ]
 
 

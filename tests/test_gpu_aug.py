@@ -89,7 +89,7 @@ def test_each_geometric_op_matches_timm_on_cifar(cifar, name, arg, pil_op):
 
 @pytest.mark.parametrize("name", [n for n in g.RAND_INCREASING
                                   if n not in ("AutoContrast", "Equalize", "Invert")])
-@pytest.mark.parametrize("level", [0.0, 4.5, 9.0, 10.0])
+@pytest.mark.parametrize("level", [0.0, 4.5, 9.0, 10.0, 14.0])  # 14: with mmax raised
 def test_level_arguments_are_timms(name, level, monkeypatch):
     hp = dict(taa._HPARAMS_DEFAULT)
     for draw, sign in ((0.9, -1.0), (0.1, 1.0)):  # timm negates when random.random() > 0.5
@@ -275,6 +275,15 @@ def test_rand_augment_specs_parse_and_unsupported_ones_are_named():
     assert (spec.magnitude, spec.magnitude_std, spec.num_layers, spec.increasing) == \
         (9, 0.5, 2, True)
     assert g.RandAugmentSpec.parse("rand-m7-n3-inc1-p0.3").num_layers == 3
+    assert spec.magnitude_max == 10                                   # timm's default clip
+    big = g.RandAugmentSpec.parse("rand-m14-mstd0.5-inc1-mmax15")
+    assert (big.magnitude, big.magnitude_max) == (14, 15)
+    seeds = torch.arange(4000, dtype=torch.int64)
+    flat = lambda spec: g.ra_levels(g.RandAugmentSpec.parse(spec), seeds, 0)  # noqa: E731
+    assert (flat("rand-m14-inc1") == 10).all()                       # timm clips m14 to 10
+    assert (flat("rand-m14-inc1-mmax15") == 14).all()                # unless mmax is raised
+    drawn = g.ra_levels(big, seeds, 0)
+    assert drawn.max() == 15 and drawn.min() > 11.5 and abs(drawn.mean() - 14) < 0.05
     with pytest.raises(ValueError, match="increasing op set"):
         g.RandAugmentSpec.parse("rand-m9-mstd0.5")
     with pytest.raises(ValueError, match="'w0'"):

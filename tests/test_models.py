@@ -94,13 +94,13 @@ def test_teacher_from_run_folder_renormalises(tmp_path):
     t = create_teacher(str(path.parent), num_classes=10)
     assert isinstance(t.model.maxpool, torch.nn.Identity)
     mean_s, std_s = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    t.set_student_norm(mean_s, std_s)
+    t.set_student_input(mean_s, std_s)
     assert t.renormalize
     raw = torch.rand(2, 3, 32, 32)
     x_student = (raw - torch.tensor(mean_s).view(1, 3, 1, 1)) / torch.tensor(std_s).view(1, 3, 1, 1)
     expected = t.model((raw - 0.5) / 0.25)
     assert torch.allclose(t(x_student), expected, atol=1e-4)
-    t.set_student_norm([0.5] * 3, [0.25] * 3)
+    t.set_student_input([0.5] * 3, [0.25] * 3)
     assert not t.renormalize
 
 

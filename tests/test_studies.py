@@ -408,6 +408,13 @@ def test_convergence_is_read_from_the_last_quarter_of_the_curve():
     assert ok and "converged" in text
     ok, text = converged({"runs": [flat, rising]}, ["a", "b"])
     assert not ok and "not converged" in text and "6.00 points" in text
+    # seeds are averaged per setting: a second, noisier seed of a flat setting does not fail
+    # it (the largest single run did: 1.5 points here), a consistent rise still does
+    ok, text = converged({"runs": [flat, {**run("a", [0.1, 0.3, 0.4, 0.5, 0.55, 0.56, 0.565,
+                                                      0.545]), "seed": 1}]}, ["a"])
+    assert ok, text
+    ok, _ = converged({"runs": [rising, {**rising, "seed": 1}]}, ["b"])
+    assert not ok
 
 
 def test_the_matched_teacher_checkpoint_is_the_closest_in_accuracy(tmp_path):

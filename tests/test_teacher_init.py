@@ -84,3 +84,76 @@ def test_deitkit_teacher_with_weights_trains_from_them(timm_file, tmp_path, caps
                  "--no-progress", "--data", "digits", "data.train_fraction=0.1",
                  "model.small_stem=false", f"model.weights={timm_file}", "amp=off"]) == 0
     assert "teacher init: loaded" in capsys.readouterr().out
+
+
+# -- a student run that fine-tunes its own teacher; the teacher at its own resolution --------
+
+def test_a_student_run_fine_tunes_its_teacher_with_the_finetune_recipe(timm_file, tmp_path):
+    from deitkit.pipeline import teacher_config_for, teacher_recipe
+    cfg = build_config("quickstart", overrides=[f"teacher.train_weights={timm_file}",
+                                                "teacher.img_size=48"])
+    tcfg = teacher_config_for(cfg, tmp_path / "t")
+    assert teacher_recipe(cfg) == "cnn-finetune" and tcfg.recipe.name == "cnn-finetune"
+    assert tcfg.model.weights == str(timm_file) and tcfg.model.name == "resnet10t"
+    assert tcfg.data.img_size == 48 and cfg.data.img_size == 32     # its own resolution
+    assert tcfg.optim.lr is None and tcfg.optim.base_lr == 0.01
+    mine = build_config("quickstart", overrides=[f"teacher.train_weights={timm_file}",
+                                                 "teacher.train_recipe=cnn-teacher"])
+    assert teacher_recipe(mine) == "cnn-finetune"                   # the default gives way
+    other = build_config("quickstart", overrides=["teacher.train_recipe=quickstart"])
+    assert teacher_recipe(other) == "quickstart"                    # no weights: as given
+
+
+def test_deitkit_train_fine_tunes_its_teacher_at_its_size_and_says_so(timm_file, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", "--no-progress", "amp=off",
+                 "data.train_fraction=0.1", "eval_train_images=0", "teacher.train_epochs=1",
+                 f"teacher.train_weights={timm_file}", "teacher.img_size=48"]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuning a resnet10t teacher for 1 epochs at 48 px (recipe cnn-finetune)" \
+        in printed
+    assert "teacher init: loaded" in printed and "fc.weight" in printed
+    import yaml
+    tconf = yaml.safe_load((out / "teacher" / "config.yaml").read_text())
+    assert tconf["model"]["weights"] == str(timm_file) and tconf["data"]["img_size"] == 48
+    ckpt = torch.load(out / "teacher" / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["meta"]["img_size"] == 48
+
+
+def test_a_teacher_at_twice_the_size_sees_the_batch_resized_on_the_device():
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    from deitkit.models import Teacher
+    torch.manual_seed(3)
+    cnn = timm.create_model("resnet10t", num_classes=10).eval()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    teacher = Teacher(cnn, mean, std)
+    teacher.set_student_input(mean, std, 64)
+    x = torch.randn(4, 3, 32, 32)
+    resized = v2.functional.resize(x, [64, 64], interpolation=v2.InterpolationMode.BILINEAR,
+                                   antialias=True)                    # beforehand, torchvision
+    with torch.no_grad():
+        want = cnn(resized)
+        assert not torch.allclose(cnn(x), want, atol=1e-3)           # the size matters
+    assert torch.allclose(teacher(x), want, atol=1e-5)
+    teacher.optimize(torch.device("cpu"), None)                      # BatchNorm folded: same
+    assert torch.allclose(teacher(x), want, atol=1e-4)
+    teacher.set_student_input(mean, std, 16)                         # shrinking: antialiased
+    with torch.no_grad():
+        small = cnn(F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True))
+    assert torch.allclose(teacher(x), small, atol=1e-4)
+
+
+def test_a_store_recorded_for_another_teacher_size_is_refused():
+    from deitkit.build import load_bundle as bundle_of
+    from deitkit.distill.store import StoreError, check_fingerprint, fingerprint
+    cfg = build_config("quickstart", overrides=["teacher.img_size=64"])
+    bundle = bundle_of(cfg)
+    recorded = fingerprint(cfg, bundle, 1, "abc")
+    check_fingerprint(recorded, fingerprint(cfg, bundle, 1, "abc"), "S")   # the same: taken
+    for other in ([], ["teacher.img_size=48"]):
+        wanted = fingerprint(build_config("quickstart", overrides=other), bundle, 1, "abc")
+        with pytest.raises(StoreError, match="teacher_img_size"):
+            check_fingerprint(recorded, wanted, "S")

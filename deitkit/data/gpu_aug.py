@@ -207,7 +207,7 @@ def invert(x: torch.Tensor) -> torch.Tensor:
 
 def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Keep the top `bits` bits (0..8) of each value."""
-    q = torch.pow(2.0, 8 - bits.float()).reshape(-1, 1, 1, 1)
+    q = torch.pow(2.0, 8 - bits.float().clamp(min=0)).reshape(-1, 1, 1, 1)  # < 0: as 0
     return torch.floor(x / q) * q
 
 
@@ -267,8 +267,9 @@ GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 
 
 def level_args(name: str, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-    """timm's LEVEL_TO_ARG for the increasing set, per image: level [B] in [0, 10], sign [B]
-    of +-1 (timm's `_randomly_negate`)."""
+    """timm's LEVEL_TO_ARG for the increasing set, per image: level [B] in [0, mmax] (10 unless
+    the spec raises it), sign [B] of +-1 (timm's `_randomly_negate`). Above 10 the arguments
+    grow on as timm's do (posterize keeps fewer than 0 bits: black, as PIL's)."""
     frac = level / 10.0
     if name == "Rotate":
         return frac * 30.0 * sign
@@ -325,6 +326,7 @@ class RandAugmentSpec:
     magnitude_std: float = 0.0
     prob: float = 0.5
     increasing: bool = False
+    magnitude_max: float = 10.0  # timm's `mmax`: levels are clipped to [0, magnitude_max]
 
     @staticmethod
     def parse(spec: str) -> "RandAugmentSpec":
@@ -333,13 +335,14 @@ class RandAugmentSpec:
             raise ValueError(f"'{spec}' is not a RandAugment spec (rand-m9-mstd0.5-inc1)")
         kw = {}
         for part in parts[1:]:
-            key = next((k for k in ("mstd", "inc", "m", "n", "p") if part.startswith(k)), None)
+            key = next((k for k in ("mstd", "mmax", "inc", "m", "n", "p")
+                        if part.startswith(k)), None)
             if key is None:
                 raise ValueError(f"RandAugment option '{part}' of '{spec}' is not supported "
-                                 "on the device (supported: m, n, mstd, p, inc)")
+                                 "on the device (supported: m, n, mstd, mmax, p, inc)")
             val = float(part[len(key):])
             kw[{"m": "magnitude", "n": "num_layers", "mstd": "magnitude_std", "p": "prob",
-                "inc": "increasing"}[key]] = val
+                "inc": "increasing", "mmax": "magnitude_max"}[key]] = val
         out = RandAugmentSpec(**{**kw, "num_layers": int(kw.get("num_layers", 2)),
                                  "increasing": bool(kw.get("increasing", 0))})
         if not out.increasing:
@@ -349,6 +352,15 @@ class RandAugmentSpec:
             raise ValueError(f"'{spec}': uniform magnitude sampling is not supported on the "
                              "device")
         return out
+
+
+def ra_levels(ra: RandAugmentSpec, seeds: torch.Tensor, layer: int) -> torch.Tensor:
+    """Each image's magnitude [B] for RandAugment layer `layer`: N(m, mstd) clipped to
+    [0, mmax], as timm draws it (mstd 0: m itself, clipped)."""
+    level = ra.magnitude + ra.magnitude_std * normal(seeds, _RA + 16 + layer)[:, 0]
+    if ra.magnitude_std > 0:
+        return level.clamp(0, ra.magnitude_max)
+    return torch.full_like(level, min(ra.magnitude, ra.magnitude_max))
 
 
 def device_support(aug: AugConfig) -> Optional[str]:
@@ -434,9 +446,7 @@ class DeviceAugment:
             op = torch.floor(u[:, 0] * n_ops).clamp(max=n_ops - 1)             # [B]
             applied = u[:, 1] <= ra.prob
             sign = torch.where(u[:, 2] > 0.5, -1.0, 1.0)
-            level = ra.magnitude + ra.magnitude_std * normal(seeds, _RA + 16 + layer)[:, 0]
-            level = level.clamp(0, 10) if ra.magnitude_std > 0 else torch.full_like(
-                level, min(ra.magnitude, 10.0))
+            level = ra_levels(ra, seeds, layer)
             out = x
             # the five geometric ops share one resampling with a matrix per image
             eye = torch.eye(2, 3, device=x.device).expand(len(x), 2, 3)

@@ -62,7 +62,8 @@ def fingerprint(cfg: TrainConfig, bundle, world: int, teacher: Optional[str],
             "train_fraction": cfg.data.train_fraction, "fraction_seed": cfg.data.fraction_seed,
             "img_size": cfg.data.img_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
             "batch_size": cfg.data.batch_size, "world_size": world, "seed": cfg.seed,
-            "aug": to_dict(cfg.aug), "views": views, "teacher_digest": teacher}
+            "aug": to_dict(cfg.aug), "views": views, "teacher_digest": teacher,
+            **({"teacher_img_size": cfg.teacher.img_size} if cfg.teacher.img_size else {})}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

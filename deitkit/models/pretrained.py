@@ -141,9 +141,13 @@ def hub_state(name: str) -> dict:
 
 
 def load_pretrained(model: nn.Module, weights: Optional[str] = None,
-                    hub_name: Optional[str] = None) -> list[str]:
-    """Load `weights` (a file) or the hub weights of `hub_name` into `model`; return what was
-    loaded, resampled and re-initialised, one line each."""
+                    hub_name: Optional[str] = None,
+                    classes: Optional[list] = None) -> list[str]:
+    """Load `weights` (a file or a deitkit run folder) or the hub weights of `hub_name` into
+    `model`; return what was loaded, resampled and re-initialised, one line each. `classes`:
+    the data's class names; a deitkit checkpoint trained on other names of the same count
+    keeps its body but not its heads."""
+    theirs = None
     if weights:
         path = Path(weights).expanduser()
         if path.is_dir():  # a run folder: a `deitkit pretrain` run, or a trained student
@@ -157,6 +161,7 @@ def load_pretrained(model: nn.Module, weights: Optional[str] = None,
         else:
             obj = safe_torch_load(path)
             meta = obj.get("meta") if isinstance(obj, dict) else None
+            theirs = meta.get("classes") if isinstance(meta, dict) else None
             if isinstance(meta, dict) and meta.get("role") == "pretrain":
                 source = (f"{path} (deitkit MAE pretraining of {meta.get('encoder')}, "
                           f"epoch {obj.get('epoch')})")
@@ -166,6 +171,12 @@ def load_pretrained(model: nn.Module, weights: Optional[str] = None,
     else:
         return []
     state, log = adapt_state(state, model, source)
+    if (classes is not None and theirs is not None and list(theirs) != list(classes)
+            and any(k in state for k in HEADS)):
+        for k in HEADS:
+            state.pop(k, None)
+        log.append(f"heads re-initialised: the weights were trained on the classes "
+                   f"{list(theirs)}, this data's are {list(classes)}")
     model.load_state_dict(state, strict=False)
     n = sum(v.numel() for v in state.values())
     fresh = [k for k in HEADS if k in model.state_dict() and k not in state]

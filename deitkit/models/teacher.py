@@ -50,6 +50,8 @@ class Teacher(nn.Module):
         self.register_buffer("scale", torch.ones(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", torch.zeros(1, 3, 1, 1), persistent=False)
         self.renormalize = False
+        self.input_size: Optional[int] = None  # resize the batch to this side first (None: no)
+        self.classes: Optional[list] = None  # the class names it was trained on, when known
         self._digest: Optional[str] = None
         self._plain: Optional[nn.Module] = None  # kept until the optimised model is checked
         self.optimized = "no"
@@ -87,8 +89,12 @@ class Teacher(nn.Module):
         self.optimized = "channels_last"
         return self.optimized
 
-    def set_student_norm(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """x_teacher = (x * s_std + s_mean - t_mean) / t_std, when the two differ."""
+    def set_student_input(self, mean: Sequence[float], std: Sequence[float],
+                          size: Optional[int] = None) -> None:
+        """Read the student's images: x_teacher = (x * s_std + s_mean - t_mean) / t_std when
+        the normalisations differ, resized to `size` x `size` first when given (on the
+        device, bilinear, antialiased when shrinking; None: the student's size)."""
+        self.input_size = size
         s_m, s_s = torch.tensor(mean), torch.tensor(std)
         t_m, t_s = torch.tensor(self.mean), torch.tensor(self.std)
         self.renormalize = not (torch.allclose(s_m, t_m) and torch.allclose(s_s, t_s))
@@ -102,6 +108,10 @@ class Teacher(nn.Module):
         with torch.inference_mode():
             if self.renormalize:
                 x = x * self.scale + self.shift
+            if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size,) * 2:
+                x = torch.nn.functional.interpolate(x, size=(self.input_size,) * 2,
+                                                    mode="bilinear", align_corners=False,
+                                                    antialias=True)
             if self.optimized == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
             if self._plain is not None:
@@ -160,6 +170,11 @@ def _model_norm(model: nn.Module) -> tuple[tuple, tuple]:
 def model_from_checkpoint(ckpt: dict, path) -> nn.Module:
     """Rebuild the network a deitkit checkpoint describes (its `meta`) and load its weights."""
     meta = ckpt["meta"]
+    if meta.get("role") == "pretrain":
+        raise CheckpointError(
+            f"'{path}' is a pretraining run's encoder (no classifier heads): it cannot teach, "
+            "be evaluated or predict; start a student from it with `deitkit train --data "
+            f"LABELLED model.weights={path}`")
     if meta.get("role") == "student":
         model = create_student(meta["model_name"], num_classes=meta["num_classes"],
                                img_size=meta["img_size"], patch_size=meta.get("patch_size"),
@@ -179,8 +194,10 @@ def _from_deitkit_checkpoint(path: Path, num_classes: Optional[int]) -> Teacher:
     if hasattr(model, "set_distilled_training"):  # a distilled DeiT can teach too:
         model.set_distilled_training(False)       # its eval forward fuses the heads
     _check_classes(meta["num_classes"], num_classes, path)
-    return Teacher(model, meta["mean"], meta["std"], name=meta["model_name"],
-                   num_classes=meta["num_classes"])
+    teacher = Teacher(model, meta["mean"], meta["std"], name=meta["model_name"],
+                      num_classes=meta["num_classes"])
+    teacher.classes = meta.get("classes")
+    return teacher
 
 
 def _check_classes(teacher_classes: int, dataset_classes: Optional[int], where) -> None:
@@ -188,6 +205,18 @@ def _check_classes(teacher_classes: int, dataset_classes: Optional[int], where) 
         raise ValueError(f"teacher {where} predicts {teacher_classes} classes but the dataset has "
                          f"{dataset_classes}; train a teacher on this dataset "
                          "(`deitkit teacher --data ...`) or pick one with matching classes")
+
+
+def check_class_names(model_classes: Optional[Sequence[str]], data_classes: Sequence[str],
+                      what: str) -> None:
+    """A model that predicts other classes than the data's, by name, is refused (a count
+    that matches is not enough: five CIFAR-10 classes are not the other five). Models
+    without recorded names (timm, torchvision) pass."""
+    if model_classes is None or list(model_classes) == list(data_classes):
+        return
+    raise ValueError(f"{what} was trained on the classes {list(model_classes)}, the data's are "
+                     f"{list(data_classes)}: train it on this data, or give data with those "
+                     "classes (same names, same order)")
 
 
 def load_weights(model: nn.Module, state: dict, path) -> None:

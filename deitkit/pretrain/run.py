@@ -205,10 +205,13 @@ def val_loss(p: Pretraining) -> float:
 
 @torch.inference_mode()
 def picture(p: Pretraining, path) -> None:
-    """A grid of the first `mae.pictures` validation images: a row each, original | masked
-    input | reconstruction (visible patches pasted back), in pixels."""
+    """A grid of `mae.pictures` validation images spread evenly over the split (so over its
+    classes, which an ImageFolder sorts): a row each, original | masked input |
+    reconstruction (visible patches pasted back), in pixels."""
     p.mae.eval()
-    images = next(iter(p.val_loader))[0][: p.cfg.mae.pictures].to(p.device)
+    ds = p.val_loader.dataset
+    n = min(p.cfg.mae.pictures, len(ds))
+    images = torch.stack([ds[i * len(ds) // n][0] for i in range(n)]).to(p.device)
     masking = random_masking(len(images), p.mae.num_patches, p.cfg.mae.mask_ratio,
                              torch.Generator().manual_seed(PICTURE_SEED), p.device)
     with autocast(p.device, p.amp_dtype):

@@ -71,7 +71,7 @@ def _data_scale_analyze(record: dict, study_dir: Path) -> dict:
     findings.append(f"Distillation changed the ViT's top-1 by {pts(d0)} at {xs[0]:,} images "
                     f"({judged(d0, **word)}) and {pts(d1)} at {xs[-1]:,} ({judged(d1, **word)}), "
                     "paired over seeds.")
-    done, regime = converged(record, [f"{k}-f{f:g}" for f in fr for k in ("vit", "distilled")])
+    done, regime = converged(record, [f"{k}-f{f:g}" for f in fr for k in ("cnn", "vit", "distilled")])
     small = paired(record, f"cnn-f{fr[0]:g}", f"vit-f{fr[0]:g}")
     # per seed: (ViT - CNN at the largest size) - (ViT - CNN at the smallest)
     def lead(f):

@@ -26,7 +26,7 @@ def disagreement_gallery(run_dir: Path, out: Path, limit: int = 16) -> list[dict
     teacher = create_teacher(cfg.teacher.name, num_classes=bundle.num_classes) \
         if cfg.teacher.name else None
     if teacher is not None:
-        teacher.set_student_norm(cfg.data.mean, cfg.data.std)
+        teacher.set_student_input(cfg.data.mean, cfg.data.std, cfg.teacher.img_size)
     tf = build_eval_transform(cfg.aug, cfg.data.img_size, cfg.data.mean, cfg.data.std)
     val = bundle.val
     found: dict[int, list] = {}  # truth class -> disagreements, to show every class
