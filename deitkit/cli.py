@@ -51,6 +51,19 @@ def _common(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value")
 
 
+def _run_folder_flags(p: argparse.ArgumentParser, budget_help: Optional[str] = None) -> None:
+    """--resume, --force, --overwrite (and --time-budget): the run-folder flags of the
+    commands that train."""
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue RUN_DIR from its last checkpoint, exactly")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: accept configuration changes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (refused without it)")
+    if budget_help:
+        p.add_argument("--time-budget", type=float, metavar="MINUTES", help=budget_help)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deitkit", description=__doc__, epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,24 +74,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher: timm/torchvision name, deitkit run folder or "
                                      "checkpoint (default: train a CNN teacher first)")
     p.add_argument("--teacher-weights", help="local weights file for --teacher")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue RUN_DIR from its last checkpoint, exactly")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: accept configuration changes")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (refused without it)")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="set the teacher's and student's epochs so that the whole run ends "
-                        "within MINUTES on this machine (measured on the first steps)")
+    _run_folder_flags(p, "set the teacher's and student's epochs so that the whole run ends "
+                         "within MINUTES on this machine (measured on the first steps)")
 
     p = sub.add_parser("teacher", help="train a CNN teacher on a dataset", epilog=EPILOG)
     _common(p, "cnn-teacher")
     p.add_argument("--model", help="timm/torchvision CNN name (default: recipe's resnet18)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: accept configuration changes")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (refused without it)")
+    _run_folder_flags(p)
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining (MAE) of a student's "
                                         "encoder on unlabelled images", epilog=(
@@ -86,15 +88,8 @@ def make_parser() -> argparse.ArgumentParser:
         "tree (its train/ split) or a built-in dataset. Then: deitkit train --data LABELLED "
         "model.weights=RUN (the command is printed at the end). " + EPILOG))
     _common(p, "mae-cpu")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last "
-                                                       "checkpoint, exactly")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: accept configuration changes")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (refused without it)")
-    p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="set the epochs so that the run ends within MINUTES on this machine "
-                        "(measured on a few steps first)")
+    _run_folder_flags(p, "set the epochs so that the run ends within MINUTES on this machine "
+                         "(measured on a few steps first)")
 
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
     p.add_argument("run", help="run folder (uses checkpoint-best.pt) or checkpoint file")
