@@ -231,3 +231,13 @@ def test_bad_pretraining_inputs_are_one_line_before_work(tmp_path, capsys):
         assert main(["pretrain", "--out", str(tmp_path / "b"), *TINY, *extra]) == 2, extra
         assert words in capsys.readouterr().err, extra
         assert not (tmp_path / "b").exists()
+
+
+def test_a_time_budget_chooses_the_epochs_from_measured_steps(tmp_path):
+    lines = []
+    s = pretrain(tiny_cfg(tmp_path / "run", epochs=500), time_budget=0.25, log=lines.append)
+    said = " ".join(lines)
+    assert "time budget 0.25 min: an epoch measured at" in said
+    assert 1 <= s["epochs"] < 500                                      # the recipe's 500: cut
+    assert s["wall_seconds"] <= 0.25 * 60 * 1.5                        # within the budget, or near
+    assert len(RunDir(tmp_path / "run").read_metrics()) == s["epochs"]

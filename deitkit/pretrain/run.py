@@ -321,7 +321,15 @@ def _pretrain(cfg: TrainConfig, rd: RunDir, *, log: Log, resume: bool, force: bo
     tb = SummaryWriter(str(rd.tb)) if cfg.tensorboard else None
     bar = tqdm(range(first, cfg.epochs), desc="pretrain", disable=not cfg.progress,
                dynamic_ncols=True, initial=first, total=cfg.epochs)
+    done = cfg.epochs
     for epoch in bar:
+        if time_budget is not None and epoch > first:  # the plan's safety: never past it
+            spent = time.perf_counter() - t_start
+            if spent + spent / (epoch - first) > time_budget * 60:
+                log(f"time budget {time_budget:g} min: stopping after epoch {epoch} of "
+                    f"{cfg.epochs} ({spent:.0f} s spent; another epoch would pass the budget)")
+                done = epoch
+                break
         p.train_loader.sampler.set_epoch(epoch)
         record = {"epoch": epoch + 1, **train_epoch(p, epoch)}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -345,11 +353,11 @@ def _pretrain(cfg: TrainConfig, rd: RunDir, *, log: Log, resume: bool, force: bo
     bar.close()
     if tb is not None:
         tb.close()
-    rows = rd.read_metrics(cfg.epochs)
+    rows = rd.read_metrics(done)
     losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
     summary = {"role": "pretrain", "model": cfg.model.name,
                "encoder": encoder_name(cfg.model.name), "dataset": bundle.name,
-               "epochs": cfg.epochs, "train_images": len(bundle.train),
+               "epochs": done, "planned_epochs": cfg.epochs, "train_images": len(bundle.train),
                "eval_images": len(bundle.val), "mask_ratio": cfg.mae.mask_ratio,
                "train_loss": record.get("train_loss"), "val_loss": record.get("val_loss"),
                "first_val_loss": losses[0] if losses else None,
@@ -362,9 +370,10 @@ def _pretrain(cfg: TrainConfig, rd: RunDir, *, log: Log, resume: bool, force: bo
 
 
 def format_summary(s: dict) -> str:
+    loss = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     return (f"pretrained {s['encoder']} for {s['epochs']} epochs on {s['train_images']} images "
-            f"in {s['wall_seconds']:.0f} s: validation loss {s['first_val_loss']:.4f} after the "
-            f"first evaluation, {s['val_loss']:.4f} at the end.\n"
+            f"in {s['wall_seconds']:.0f} s: validation loss {loss(s['first_val_loss'])} after "
+            f"the first evaluation, {loss(s['val_loss'])} at the end.\n"
             f"Start a student from it: deitkit train --data LABELLED_DATA "
             f"{' '.join(s['student_keys'])}")
 
