@@ -63,12 +63,14 @@ def test_the_first_evaluation_is_not_what_the_estimate_times(monkeypatch):
             time.sleep(2.0)
         return real(*a, **k)
     real = plan.evaluate
+    plain = plan.measure_epoch(cfg, "student", bundle)  # the same estimate, no sleep
     monkeypatch.setattr(plan, "evaluate", evaluate)
     seconds = plan.measure_epoch(cfg, "student", bundle)
     assert len(calls) == 2
-    # cold, the 2 s would count once per evaluation batch of the epoch's evaluations (> 4 s)
+    # cold, the 2 s would count once per evaluation batch of the epoch's evaluations (> 4 s);
+    # compared with the estimate without the sleep, so a slow or busy machine cannot fail it
     batches = (len(bundle.val) * 2 + cfg.eval_train_images) / cfg.data.eval_batch_size
-    assert batches * 2.0 > 4.0 and seconds < 2.0
+    assert batches * 2.0 > 4.0 and seconds < plain + 1.5
 
 
 def test_time_budget_sets_both_epoch_counts(tmp_path, monkeypatch):
