@@ -196,11 +196,7 @@ def _save_epoch(rd: RunDir, run: Run, state: TrainState, improved: bool,
     resume point)."""
     record = state.record
     rd.append_metrics(record)
-    if tb is not None:
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "epoch":
-                tb.add_scalar(tb_tag(key), value, state.epoch)
-        tb.flush()
+    write_scalars(tb, record, state.epoch)
     if improved:
         weights = state.to_checkpoint(run, full=False)  # the best and its rung: one state dict
         rd.save_best(weights)
@@ -241,6 +237,16 @@ def _banner(run: Run, rd: RunDir) -> str:
             f"classes, {cfg.data.img_size} px, lr {run.lr:.2e}, amp {run.amp_dtype or 'off'}, "
             f"device {run.device}{f' x {d.world} processes' if d.enabled else ''}, "
             f"run folder {rd}")
+
+
+def write_scalars(tb: Optional[SummaryWriter], record: dict, step: int) -> None:
+    """An epoch's numeric metrics to TensorBoard under `tb_tag`'s groups (no writer: nothing)."""
+    if tb is None:
+        return
+    for key, value in record.items():
+        if isinstance(value, (int, float)) and key != "epoch":
+            tb.add_scalar(tb_tag(key), value, step)
+    tb.flush()
 
 
 def tb_tag(key: str) -> str:

@@ -29,7 +29,7 @@ from ..data import (DatasetBundle, RepeatedAugSampler, build_eval_transform, bui
 from ..data.sources import sample_seed
 from ..distributed import DistInfo
 from ..engine import NonFiniteLossError
-from ..fit import tb_tag
+from ..fit import write_scalars
 from ..models import create_student
 from ..rundir import RunDir, no_empty_folder_left, open_run
 from ..runtime import Log, amp_name, autocast, recorded_amp, resolve_amp, rng_state, \
@@ -339,11 +339,7 @@ def _pretrain(cfg: TrainConfig, rd: RunDir, *, log: Log, resume: bool, force: bo
             picture(p, rd.picture(epoch + 1))
         seconds = earlier + time.perf_counter() - t_start
         rd.append_metrics(record)  # the line first, then the resume point
-        if tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    tb.add_scalar(tb_tag(key), value, epoch + 1)
-            tb.flush()
+        write_scalars(tb, record, epoch + 1)
         rd.save_last(p.to_checkpoint(epoch + 1, record, seconds))
         bar.set_postfix(loss=f"{record['train_loss']:.3f}")
         if epoch == first and epoch + 1 < cfg.epochs:
