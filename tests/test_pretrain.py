@@ -1,6 +1,9 @@
 """Masked-autoencoder pretraining: the maths (masking, patches, encoder), real short runs on
 the digits and on a plain folder of images, exact resume, the weights in a student, the page."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -241,3 +244,28 @@ def test_a_time_budget_chooses_the_epochs_from_measured_steps(tmp_path):
     assert 1 <= s["epochs"] < 500                                      # the recipe's 500: cut
     assert s["wall_seconds"] <= 0.25 * 60 * 1.5                        # within the budget, or near
     assert len(RunDir(tmp_path / "run").read_metrics()) == s["epochs"]
+
+
+def test_runs_started_at_once_keep_apart_and_match_a_run_alone(tmp_path):
+    # --jobs-safe: two `deitkit pretrain` processes started in the same second, same folder,
+    # no --out, one thread each (as --jobs 2 gives on 2 cores): two run folders, and each run
+    # is the run it would have been alone (bit for bit)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEITKIT_AMP_CACHE": str(tmp_path / "amp.json")}
+    cmd = lambda seed, *out: [sys.executable, "-m", "deitkit", "pretrain", *out,  # noqa: E731
+                              *TINY, "epochs=2", f"seed={seed}"]
+    alone = subprocess.run(cmd(0, "--out", str(tmp_path / "alone")), cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    procs = [subprocess.Popen(cmd(seed), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 2 and all(RunDir(f).is_finished() for f in folders)
+    ref = torch.load(tmp_path / "alone" / "checkpoint-last.pt", weights_only=True)
+    same = []
+    for f in folders:
+        c = torch.load(f / "checkpoint-last.pt", weights_only=True)
+        same.append(all(torch.equal(ref[part][k], c[part][k])
+                        for part in ("model", "decoder") for k in ref[part]))
+    assert sorted(same) == [False, True]                   # seed 0 as alone; seed 1 its own
