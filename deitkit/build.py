@@ -41,10 +41,11 @@ FUSED_OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov")
 # data
 
 def load_bundle(cfg: TrainConfig) -> DatasetBundle:
-    """The run's data: `cfg.data`'s source, training fraction and (digits) image size."""
+    """The run's data: `cfg.data`'s source, training fraction, held-out share and (digits)
+    image size."""
     return load_dataset(cfg.data.name, cfg.data.root, cfg.data.download,
                         cfg.data.train_fraction, cfg.data.fraction_seed,
-                        digits_size=cfg.data.img_size)
+                        digits_size=cfg.data.img_size, holdout=cfg.data.holdout)
 
 
 def data_decision(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device) -> Decision:
@@ -92,6 +93,21 @@ def build_loaders(cfg: TrainConfig, bundle: DatasetBundle, device: torch.device,
     return train_loader, val_loader
 
 
+def choose_fusion(cfg: TrainConfig, role: Role, bundle: DatasetBundle) -> bool:
+    """Whether this run chooses its fusion weight on held-out training images."""
+    return (role == "student" and bundle.holdout is not None and cfg.distill.fusion_weight is None
+            and cfg.distill.kind != "none" and cfg.distill.heads == "both")
+
+
+def holdout_batches(cfg: TrainConfig, bundle: DatasetBundle) -> list:
+    """The held-out training images, un-augmented, as (images, labels) batches in memory (a
+    few hundred images: read once, scored at every evaluation)."""
+    ds = bundle.holdout.with_transform(build_eval_transform(cfg.aug, cfg.data.img_size,
+                                                            cfg.data.mean, cfg.data.std),
+                                       on_bad_image=cfg.data.on_bad_image)
+    return list(DataLoader(ds, batch_size=cfg.data.eval_batch_size, num_workers=0))
+
+
 def build_train_eval_loader(cfg: TrainConfig, bundle: DatasetBundle,
                             dist_info: DistInfo = DistInfo(), train_loader=None):
     """A fixed, seeded subset of `cfg.eval_train_images` training images, un-augmented (from
@@ -121,6 +137,7 @@ def run_meta(cfg: TrainConfig, role: Role, bundle: DatasetBundle) -> dict:
             "patch_size": cfg.model.patch_size, "small_stem": cfg.model.small_stem,
             "model_overrides": dict(cfg.model.overrides), "mean": list(cfg.data.mean),
             "std": list(cfg.data.std), "dataset": bundle.name, "fusion": cfg.distill.fusion,
+            "fusion_weight": 0.5 if cfg.distill.fusion_weight is None else cfg.distill.fusion_weight,
             "deitkit_format": 1}
 
 
@@ -307,6 +324,7 @@ class Run:
     train_loader: Any
     val_loader: Any
     train_eval_loader: Any       # the clean training subset, or None
+    holdout: Optional[list]      # held-out training batches the fusion weight is chosen on
     model: torch.nn.Module       # the bare model (what is saved and evaluated)
     step: Step
     opts: StepOptions
@@ -368,6 +386,8 @@ def build_run(cfg: TrainConfig, role: Role, bundle: DatasetBundle, *, dist_info:
                             updates_per_epoch=len(train_loader), dist_info=dist_info)
     return Run(cfg=cfg, role=role, dist=dist_info, device=device, amp_dtype=amp_dtype,
                bundle=bundle, train_loader=train_loader, val_loader=val_loader,
-               train_eval_loader=train_eval_loader, model=model, step=step, opts=opts,
+               train_eval_loader=train_eval_loader,
+               holdout=holdout_batches(cfg, bundle) if choose_fusion(cfg, role, bundle) else None,
+               model=model, step=step, opts=opts,
                teacher=teacher, lr=lr,
                meta={**run_meta(cfg, role, bundle), "amp": amp_name(amp_dtype)})

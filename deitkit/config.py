@@ -71,6 +71,10 @@ class DataConfig:
     """Fraction of the training split to use (stratified by class, seeded by `fraction_seed`)."""
     fraction_seed: int = 0
     """Seed of the stratified training-fraction subset (independent of the run seed)."""
+    holdout: float = 0.0
+    """Fraction of the training images (per class, after `train_fraction`) that neither the
+    student nor its teacher trains on: a student's fusion weight is chosen on them at every
+    evaluation (`distill.fusion_weight`). 0: none held out."""
     batch_size: int = 64
     """Training batch size per process. The global batch is this times the world size."""
     eval_batch_size: int = 256
@@ -223,6 +227,12 @@ class DistillConfig:
     fusion: Fusion = "logits"
     """Inference fusion of the heads: `logits` (mean of logits; official code, timm and Hugging
     Face) or `probs` (mean of softmax probabilities; the paper's text)."""
+    fusion_weight: Optional[float] = None
+    """The class head's weight in the fusion (the distillation head gets 1 - it). None: 0.5
+    (the plain mean), or, with `data.holdout` > 0, chosen on the held-out training images at
+    every evaluation (0, 0.1, ..., 1; ties go to the value nearest 0.5), so that fusion never
+    does worse there than the better head. The weight used is recorded in the checkpoints
+    and used by eval, predict and the exports."""
     store: Optional[str] = None
     """Folder of stored teacher outputs (`deitkit store`) to read instead of running the
     teacher. It must have been recorded for this data, split, seed, augmentation, batch size,
@@ -556,6 +566,9 @@ def validate(cfg: TrainConfig) -> None:
         ("data.img_size", cfg.data.img_size >= 8, "at least 8"),
         ("data.batch_size", cfg.data.batch_size >= 1, "at least 1"),
         ("data.train_fraction", 0.0 < cfg.data.train_fraction <= 1.0, "in (0, 1]"),
+        ("data.holdout", 0.0 <= cfg.data.holdout < 0.5, "in [0, 0.5)"),
+        ("distill.fusion_weight", cfg.distill.fusion_weight is None
+         or 0.0 <= cfg.distill.fusion_weight <= 1.0, "empty or in [0, 1]"),
         ("aug.repeated_aug", cfg.aug.repeated_aug >= 1, "at least 1 (1 disables)"),
         ("distill.alpha", 0.0 <= cfg.distill.alpha <= 1.0, "in [0, 1]"),
         ("distill.tau", cfg.distill.tau > 0, "positive"),
@@ -610,7 +623,8 @@ _UNUSED = [("mae.", ("student", "teacher"), "only `deitkit pretrain` reads mae.*
            ("ema.", ("pretrain",), "pretraining keeps no EMA"),
            ("aug.", ("pretrain",), "pretraining uses a random resized crop (mae.scale_min) and "
                                    "a flip (aug.hflip) only"),
-           ("eval_train_images", ("pretrain",), "pretraining has no labels to score")]
+           ("eval_train_images", ("pretrain",), "pretraining has no labels to score"),
+           ("data.holdout", ("pretrain",), "pretraining chooses no fusion weight")]
 _PRETRAIN_AUG = ("aug.hflip", "aug.interpolation", "aug.eval_crop_pct")
 
 

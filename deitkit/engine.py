@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import OnError
 from .data import student_views
-from .distill import DistillationLoss, fuse
+from .distill import DistillationLoss, choose_fusion_weight, fuse
 from .distill.sources import TeacherSource
 from .distributed import all_reduce_sum
 from .models import Teacher, student_forward
@@ -183,7 +183,7 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.T
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[Teacher] = None,
              fusion: str = "logits", amp_dtype: Optional[torch.dtype] = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, fusion_weight: float = 0.5) -> dict:
     """Top-1/top-5 of the class head, distillation head and fusion; head agreement; token
     cosine similarity; teacher accuracy and student-teacher agreement (fractions in [0, 1]):
     the keys of EVAL_KEYS (None where a run has no such head or teacher), and `eval_images`."""
@@ -200,7 +200,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[T
             else:
                 cls_l, dist_l, tok_c, tok_d = model(images).float(), None, None, None
             t_logits = teacher(images).float() if teacher is not None else None
-        fused = fuse(cls_l, dist_l, fusion)
+        fused = fuse(cls_l, dist_l, fusion, fusion_weight)
         for head, logits in (("cls", cls_l), ("fused", fused), ("dist", dist_l),
                              ("teacher", t_logits)):
             if logits is not None:
@@ -225,3 +225,23 @@ def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[T
         res.update(dict.fromkeys(("teacher_top1", "teacher_top5", "student_teacher_agreement")))
     res["eval_images"] = n
     return res
+
+
+@torch.no_grad()
+def holdout_fusion(model: nn.Module, batches, device: torch.device, fusion: str = "logits",
+                   amp_dtype: Optional[torch.dtype] = None) -> tuple[float, dict]:
+    """The fusion weight chosen on held-out training images (`batches` of (images, labels)),
+    and what it was chosen from: each head's top-1 there and the fused top-1 at the weight."""
+    model = getattr(model, "module", model).eval()
+    cls_l, dist_l, ys = [], [], []
+    for images, labels in batches:
+        with autocast(device, amp_dtype):
+            out = student_forward(model, images.to(device))
+        cls_l.append(out.cls_logits.float().cpu())
+        dist_l.append(out.dist_logits.float().cpu())
+        ys.append(labels)
+    c, d, y = torch.cat(cls_l), torch.cat(dist_l), torch.cat(ys)
+    weight, acc = choose_fusion_weight(c, d, y, fusion)
+    return weight, {"holdout_cls_top1": acc[1.0], "holdout_dist_top1": acc[0.0],
+                    "holdout_mean_top1": acc[0.5], "holdout_fused_top1": acc[weight],
+                    "fusion_weight": weight, "holdout_images": len(y)}

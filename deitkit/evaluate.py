@@ -53,15 +53,20 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
                                                          meta["std"]))
     loader = torch.utils.data.DataLoader(val, batch_size=cfg.data.eval_batch_size,
                                          num_workers=cfg.data.num_workers)
-    res = evaluate(model, loader, dev, t, fusion or cfg.distill.fusion, amp_dtype, progress=True)
+    weight = meta.get("fusion_weight", 0.5)  # the run's (chosen on its held-out images)
+    res = evaluate(model, loader, dev, t, fusion or cfg.distill.fusion, amp_dtype, progress=True,
+                   fusion_weight=weight)
     res.update({"checkpoint": str(path), "epoch": ckpt.get("epoch"), "dataset": cfg.data.name,
-                "split": bundle.val_split, "teacher": teacher, "fusion": fusion or cfg.distill.fusion})
+                "split": bundle.val_split, "teacher": teacher, "fusion": fusion or cfg.distill.fusion,
+                "fusion_weight": weight})
     return res
 
 
 def format_eval(res: dict) -> str:
     lines = [f"{res['checkpoint']} (epoch {res['epoch']}) on {res['dataset']} {res['split']} "
-             f"({res['eval_images']} images), fusion {res['fusion']}"]
+             f"({res['eval_images']} images), fusion {res['fusion']}"
+             + (f" (class head weight {res['fusion_weight']:g})"
+                if res.get("fusion_weight", 0.5) != 0.5 else "")]
     for k in EVAL_KEYS:
         v = res.get(k)
         if v is not None:

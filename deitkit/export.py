@@ -58,9 +58,10 @@ class FusedHeads(nn.Module):
     """A student whose output is the fused prediction (logits; or probabilities for
     fusion=probs), or a CNN's logits: what `deitkit predict` and the ONNX file compute."""
 
-    def __init__(self, model: nn.Module, fusion: str = "logits", head: str = "fused"):
+    def __init__(self, model: nn.Module, fusion: str = "logits", head: str = "fused",
+                 weight: float = 0.5):
         super().__init__()
-        self.model, self.fusion, self.head = model, fusion, head
+        self.model, self.fusion, self.head, self.weight = model, fusion, head, weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not hasattr(self.model, "cls_token"):
@@ -70,7 +71,7 @@ class FusedHeads(nn.Module):
             return out.cls_logits
         if self.head == "dist":
             return out.dist_logits
-        return fuse(out.cls_logits, out.dist_logits, self.fusion)
+        return fuse(out.cls_logits, out.dist_logits, self.fusion, self.weight)
 
 
 def timm_kwargs(meta: dict) -> dict:
@@ -102,12 +103,13 @@ def export_safetensors(src: str | Path, out: str | Path) -> tuple[Path, Path]:
 def export_onnx(src: str | Path, out: str | Path, opset: int = 18) -> Path:
     """The fused prediction as ONNX (input `image` [batch, 3, H, W] normalised as in
     training; output `logits` [batch, classes]); metadata: img_size, mean, std, classes,
-    fusion, model_name."""
+    fusion, fusion_weight, model_name."""
     if onnx is None:
         raise CheckpointError("ONNX export needs onnx and onnxscript: pip install "
                               "'deitkit[onnx]'")
     model, meta = load_for_inference(src)
-    net = FusedHeads(model, meta.get("fusion", "logits")).eval()
+    net = FusedHeads(model, meta.get("fusion", "logits"),
+                     weight=meta.get("fusion_weight", 0.5)).eval()
     size = meta["img_size"]
     example = torch.zeros(2, 3, size, size)
     program = torch.onnx.export(net, (example,), dynamo=True, input_names=["image"],
@@ -115,7 +117,8 @@ def export_onnx(src: str | Path, out: str | Path, opset: int = 18) -> Path:
                                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
                                 verbose=False)
     proto = program.model_proto
-    for key in ("model_name", "img_size", "mean", "std", "classes", "fusion", "num_classes"):
+    for key in ("model_name", "img_size", "mean", "std", "classes", "fusion", "fusion_weight",
+                "num_classes"):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(meta.get(key))
     onnx.checker.check_model(proto)

@@ -18,15 +18,17 @@ from .config import ConfigError, Role, TrainConfig, run_changing_keys, to_dict
 from .data import DatasetBundle
 from .distill.store import TeacherStore
 from .distributed import DistInfo, barrier, gather_objects, init_distributed
-from .engine import EVAL_KEYS, evaluate, train_one_epoch
+from .engine import EVAL_KEYS, evaluate, holdout_fusion, train_one_epoch
 from .models import Teacher
 from .models.teacher import load_weights
-from .regime import diagnose, last_quarter_change
+from .regime import diagnose, last_quarter_change, teacher_gap
 from .rundir import RunDir
 from .runtime import Log, quiet, rng_state, set_rng_state
 
 # the evaluation metrics a summary carries: `evaluate`'s, plus the clean training accuracy
 SUMMARY_KEYS = EVAL_KEYS + ("train_clean_top1",)
+HOLDOUT_KEYS = ("holdout_cls_top1", "holdout_dist_top1", "holdout_mean_top1",
+                "holdout_fused_top1", "holdout_images")
 KEEP_EVAL_STEP = 0.005  # keep_eval_checkpoints: a new high at least half a point above the last kept
 
 
@@ -78,6 +80,7 @@ class TrainState:
         if s.scaler is not None and ckpt.get("scaler"):
             s.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(self.rng[run.dist.rank % len(self.rng)])
+        run.meta["fusion_weight"] = ckpt["meta"].get("fusion_weight", run.meta["fusion_weight"])
 
     def finish_epoch(self, record: dict) -> bool:
         """Take an epoch's metrics; True when it is a new best."""
@@ -178,11 +181,17 @@ def _resume_point(rd: RunDir, cfg: TrainConfig, role: Role, d: DistInfo, force: 
 
 
 def _evaluate(run: Run) -> dict:
-    """An evaluated epoch's metrics: validation (with the teacher beside the student), clean
+    """An evaluated epoch's metrics: the fusion weight chosen on the held-out training images
+    (when the run holds some out), validation (with the teacher beside the student), clean
     training accuracy, and the EMA weights' fused accuracy."""
+    res = {}
+    if run.holdout is not None:
+        run.meta["fusion_weight"], res = holdout_fusion(run.model, run.holdout, run.device,
+                                                        run.cfg.distill.fusion, run.amp_dtype)
     ev = lambda model, loader, teacher=None: evaluate(  # noqa: E731
-        model, loader, run.device, teacher, run.cfg.distill.fusion, run.amp_dtype)
-    res = ev(run.model, run.val_loader, run.teacher)
+        model, loader, run.device, teacher, run.cfg.distill.fusion, run.amp_dtype,
+        fusion_weight=run.meta["fusion_weight"])
+    res.update(ev(run.model, run.val_loader, run.teacher))
     if run.train_eval_loader is not None:
         res["train_clean_top1"] = ev(run.model, run.train_eval_loader)["fused_top1"]
     if run.step.ema is not None:
@@ -218,6 +227,8 @@ def _summary(run: Run, rd: RunDir, state: TrainState, extra: dict) -> dict:
                     "best_fused_top1": state.best, "best_epoch": state.best_epoch,
                     "train_images": len(bundle.train), "eval_images": last.get("eval_images"),
                     "ema_fused_top1": last.get("ema_fused_top1"),
+                    "fusion_weight": run.meta["fusion_weight"] if run.role == "student" else None,
+                    **{k: last[k] for k in HOLDOUT_KEYS if k in last},
                     "skipped_images": rd.skipped_count(), "parameters": run.n_params,
                     "run_dir": str(rd.path), **extra})
     if run.role == "teacher":  # a teacher's accuracy is its own
@@ -227,6 +238,10 @@ def _summary(run: Run, rd: RunDir, state: TrainState, extra: dict) -> dict:
     summary["regime"], summary["regime_text"] = diagnose(
         summary["train_clean_top1"], summary["fused_top1"],
         summary["teacher_top1"] if run.role == "student" else None, last_quarter_change(curve))
+    if run.role == "student":
+        start = cfg.model.weights or (f"{cfg.model.name} hub weights" if cfg.model.pretrained
+                                      else None)
+        summary["ending"] = teacher_gap(summary, curve, cfg.data.name, start)
     return summary
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 
 from .checkpoint import atomic_write_text
 from .config import ConfigError
+from .regime import fusion_line
 from .report import fmt, plot_png
 from .rundir import RunDir
 
@@ -111,6 +112,11 @@ def run_page(run_dir: Path) -> str:
     if summary.get("regime_text"):
         body.append(f"<p class=\"verdict\" id=\"regime\"><b>Regime:</b> "
                     f"{html.escape(summary['regime_text'])}</p>")
+    if fusion_line(summary):
+        body.append(f"<p id=\"fusion\">{html.escape(fusion_line(summary))}</p>")
+    if summary.get("ending"):
+        body.append("<ul class=\"verdict\" id=\"ending\">" + "".join(
+            f"<li>{html.escape(line)}</li>" for line in summary["ending"]) + "</ul>")
     body += ["<h2>Curves</h2>", *_curves(metrics),
              "<h2>Configuration</h2>", f"<pre>{html.escape(config)}</pre>"]
     return _page(title, body)

@@ -34,6 +34,7 @@ from .fit import fit
 from .models import Teacher, create_cnn, create_teacher
 from .models.teacher import check_class_names
 from .plan import Plan, plan_run
+from .regime import fusion_line
 from .rundir import RunDir, no_empty_folder_left, open_run
 from .runtime import Log, autocast, quiet
 
@@ -392,5 +393,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{'wall time':<28}{summary['wall_seconds']:>9.1f}s")
     if summary.get("regime_text"):
         lines.append(f"regime: {summary['regime_text']}")
+    if fusion_line(summary):
+        lines.append(fusion_line(summary))
+    lines += summary.get("ending") or []
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)

@@ -55,7 +55,7 @@ def predict(model_path: str, inputs: list[str], topk: int = 5, head: str = "fuse
         raise CheckpointError(f"--head {head} needs a distilled student; '{model_path}' has "
                               "one head")
     dev = resolve_device(device)
-    net = FusedHeads(model, fusion, head).to(dev).eval()
+    net = FusedHeads(model, fusion, head, meta.get("fusion_weight", 0.5)).to(dev).eval()
     tf = build_eval_transform(AugConfig(eval_crop_pct=1.0), meta["img_size"], meta["mean"],
                               meta["std"])
     classes = meta.get("classes") or [str(i) for i in range(meta["num_classes"])]

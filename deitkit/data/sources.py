@@ -174,6 +174,9 @@ class DatasetBundle:
     classes: list[str]
     name: str
     val_split: str
+    holdout: Optional[TransformDataset] = None
+    """Training images kept out of training (`data.holdout`): the fusion weight is chosen on
+    them (never on the validation split the run reports)."""
 
     @property
     def num_classes(self) -> int:
@@ -327,8 +330,9 @@ def imagefolder_dataset(path: str):
 
 def load_dataset(name: str, root: str = "~/.cache/deitkit/datasets", download: bool = True,
                  train_fraction: float = 1.0, fraction_seed: int = 0,
-                 digits_size: int = 32) -> DatasetBundle:
-    """Resolve `name` (a built-in source or an ImageFolder path) to train/val datasets."""
+                 digits_size: int = 32, holdout: float = 0.0) -> DatasetBundle:
+    """Resolve `name` (a built-in source or an ImageFolder path) to train/val datasets;
+    `holdout` of the training images (per class, seeded by `fraction_seed`) set apart."""
     val_split = "test"
     if name == "digits":
         train, val, classes = digits_dataset(digits_size)
@@ -340,8 +344,14 @@ def load_dataset(name: str, root: str = "~/.cache/deitkit/datasets", download: b
         raise DataError(f"unknown dataset '{name}': use digits, {', '.join(TORCHVISION_SOURCES)}, "
                         "or the path of an ImageFolder tree (train/ plus val/ or test/)")
     idx = stratified_subset(_targets(train), train_fraction, fraction_seed)
+    held = None
+    if holdout > 0:
+        targets = _targets(train)
+        picked = set(stratified_subset([targets[i] for i in idx], holdout, fraction_seed + 1))
+        held = TransformDataset(train, [i for k, i in enumerate(idx) if k in picked])
+        idx = [i for k, i in enumerate(idx) if k not in picked]
     return DatasetBundle(TransformDataset(train, idx), TransformDataset(val), classes,
-                         name, val_split)
+                         name, val_split, held)
 
 
 # ---------------------------------------------------------------------------------------------
