@@ -13,7 +13,7 @@ from typing import Optional
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from .build import Run, build_run, load_bundle
+from .build import Run, build_run, build_scheduler, load_bundle
 from .config import ConfigError, Role, TrainConfig, run_changing_keys, to_dict
 from .data import DatasetBundle
 from .distill.store import TeacherStore
@@ -21,6 +21,7 @@ from .distributed import DistInfo, barrier, gather_objects, init_distributed
 from .engine import EVAL_KEYS, evaluate, holdout_fusion, train_one_epoch
 from .models import Teacher
 from .models.teacher import load_weights
+from .plan import Deadline
 from .regime import diagnose, last_quarter_change, teacher_gap
 from .rundir import RunDir
 from .runtime import Log, quiet, rng_state, set_rng_state
@@ -95,7 +96,7 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         teacher: Optional[Teacher] = None, store: Optional[TeacherStore] = None, *,
         log: Log = print, resume: bool = False, force: bool = False,
         summary_extra: Optional[dict] = None, t_start: Optional[float] = None,
-        dist_info: Optional[DistInfo] = None) -> dict:
+        dist_info: Optional[DistInfo] = None, deadline: Optional[Deadline] = None) -> dict:
     """Train one model (role 'student' or 'teacher') into `cfg.out`; return its summary.
 
     teacher: the frozen teacher a student distils from (and is compared with at evaluation);
@@ -103,7 +104,10 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
     None, or given only to report its accuracy). resume: continue from checkpoint-last.pt,
     exactly (weights, optimiser, schedule, EMA, AMP scaler, every random stream, best-so-far);
     a changed configuration is refused unless `force`. summary_extra is merged into
-    summary.json; wall time counts from `t_start` (default: now).
+    summary.json; wall time counts from `t_start` (default: now). deadline: the time by which
+    the fit must end (a time budget, one process): the epoch count is revised after every
+    epoch from the epochs and evaluations measured so far (`Deadline.epochs`), and the
+    schedule with it; the revised count is what config.yaml and the checkpoints record.
     """
     t_start = time.perf_counter() if t_start is None else t_start
     d = dist_info or init_distributed(cfg.device)
@@ -131,27 +135,39 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
     tb = SummaryWriter(str(rd.tb)) if (cfg.tensorboard and d.is_main) else None
     log(_banner(run, rd))
     first, earlier = state.epoch, state.seconds  # earlier: the segments before a resume
-    bar = tqdm(range(first, cfg.epochs), desc=role, disable=not cfg.progress,
-               dynamic_ncols=True, initial=first, total=cfg.epochs)
-    for epoch in bar:
+    bar = tqdm(desc=role, disable=not cfg.progress, dynamic_ncols=True, initial=first,
+               total=cfg.epochs)
+    train_s, eval_s = [], []  # this segment's measured seconds (a deadline's revisions)
+    epoch = first
+    while epoch < cfg.epochs:
         t_epoch = time.perf_counter()
         run.train_loader.sampler.set_epoch(epoch)
         record = {"epoch": epoch + 1, **train_one_epoch(run.step, run.train_loader, run.device,
                                                         epoch, run.opts)}
+        train_s.append(time.perf_counter() - t_epoch)
+        if deadline is not None:
+            cfg = _revise(run, rd, epoch + 1, deadline.epochs(
+                epoch + 1, train_s, eval_s, cfg.eval_every, time.perf_counter()), train_s,
+                eval_s, log)
+            bar.total = cfg.epochs
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            t_eval = time.perf_counter()
             record.update(_evaluate(run))
+            eval_s.append(time.perf_counter() - t_eval)
         record["skipped_images"] = rd.skipped_count()
         improved = state.finish_epoch(record)
         state.rng = gather_objects(rng_state())  # every rank's streams, for an exact resume
         state.seconds = earlier + time.perf_counter() - t_start
         if d.is_main:
             _save_epoch(rd, run, state, improved, tb)
+            bar.update()
             bar.set_postfix(loss=f"{record['train_loss']:.3f}",
                             acc=f"{record.get('fused_top1', float('nan')):.3f}")
             if epoch == first and epoch + 1 < cfg.epochs:  # the time estimate, measured
                 took, left = time.perf_counter() - t_epoch, cfg.epochs - epoch - 1
                 log(f"{role}: epoch {epoch + 1} took {took:.1f} s; the remaining {left} epochs "
                     f"will take about {_duration(took * left)} on this machine")
+        epoch += 1
     bar.close()
     if tb is not None:
         tb.close()
@@ -161,6 +177,27 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         rd.write_summary(summary)
     barrier()  # no rank reads the run folder (e.g. a teacher) before rank 0 has written it
     return summary
+
+
+def _revise(run: Run, rd: RunDir, done: int, epochs: int, train_s: list, eval_s: list,
+            log: Log) -> TrainConfig:
+    """The run's config with `epochs` in all (a deadline's revision after `done` epochs): the
+    schedule rebuilt for them at the current update, config.yaml rewritten, and a line that
+    says why."""
+    cfg = run.cfg
+    if epochs == cfg.epochs:
+        return cfg
+    log(f"time budget: {cfg.epochs} -> {epochs} {run.role} epochs (the last measured at "
+        f"{train_s[-1]:.1f} s" + (f", an evaluation at {eval_s[-1]:.1f} s" if eval_s else "")
+        + ")")
+    cfg = replace(cfg, epochs=epochs)
+    run.cfg = cfg
+    if run.step.scheduler is not None:  # timm's schedulers are a function of the update count
+        run.step.scheduler = build_scheduler(cfg, run.step.optimizer, len(run.train_loader))
+        run.step.scheduler.step_update(num_updates=done * len(run.train_loader))
+    if run.dist.is_main:
+        rd.write_config(cfg)
+    return cfg
 
 
 def _resume_point(rd: RunDir, cfg: TrainConfig, role: Role, d: DistInfo, force: bool) -> dict:

@@ -33,7 +33,7 @@ from .distributed import DistInfo, barrier, init_distributed
 from .fit import fit
 from .models import Teacher, create_cnn, create_teacher
 from .models.teacher import check_class_names
-from .plan import Plan, plan_run
+from .plan import Deadline, Plan, plan_run
 from .regime import fusion_line
 from .rundir import RunDir, no_empty_folder_left, open_run
 from .runtime import Log, autocast, quiet
@@ -96,10 +96,11 @@ def teacher_settings(cfg: TrainConfig, tdir: Path):
 
 
 def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
-                log: Log = print, dist_info: DistInfo = DistInfo()) -> Optional[Teacher]:
+                log: Log = print, dist_info: DistInfo = DistInfo(),
+                deadline: Optional[Deadline] = None) -> Optional[Teacher]:
     """The frozen teacher of a student run, or None when the objective needs none: the named
     one (`teacher.name`, with `teacher.weights`), else a CNN trained into OUT/teacher (resumed
-    if it was interrupted, reused if finished)."""
+    if it was interrupted, reused if finished; by `deadline` when given)."""
     if cfg.distill.kind == "none" and cfg.teacher.name is None:
         return None
     if cfg.teacher.name is not None:
@@ -119,7 +120,7 @@ def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
             with teacher_settings(cfg, tdir.path):
                 same_images = tcfg.data.img_size == cfg.data.img_size  # digits: decoded to it
                 fit(tcfg, "teacher", bundle=bundle if same_images else None, log=log,
-                    resume=resume, dist_info=dist_info)
+                    resume=resume, dist_info=dist_info, deadline=deadline)
         teacher = create_teacher(str(tdir), num_classes=bundle.num_classes)
     teacher.set_student_input(cfg.data.mean, cfg.data.std, cfg.teacher.img_size)
     check_class_names(teacher.classes, bundle.classes, f"the teacher '{cfg.teacher.name}'"
@@ -163,11 +164,26 @@ def _teacher_to_train(cfg: TrainConfig, out: Path) -> Optional[TrainConfig]:
     return teacher_config_for(cfg, RunDir(out).teacher.path)
 
 
+def budget_end(budget_minutes: float) -> float:
+    """When a run with this budget (counted from the process's start) must have finished its
+    last epoch, on time.perf_counter()'s clock: the budget less `end_reserve` for the summary
+    and the exit."""
+    seconds = 60 * budget_minutes
+    return time.perf_counter() - process_seconds() + seconds - end_reserve(seconds)
+
+
+def end_reserve(seconds: float) -> float:
+    """Seconds of a budget kept for what follows the last epoch (summary, report, exit):
+    measured at about 1 s here, kept at 2 s plus 1 % for a slower disk."""
+    return 2.0 + 0.01 * seconds
+
+
 def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optional[Teacher],
               budget_minutes: Optional[float], log: Log) -> tuple[Plan, TrainConfig]:
     """Print how long the run will take here (measured on its first steps); with a budget,
-    choose the teacher's and student's epochs so that the whole run fits, and say so.
-    Returns the plan and the config to run (with those epochs)."""
+    choose the teacher's and student's first epoch counts so that the whole run fits, and say
+    so (each fit then revises its count after every epoch: `Deadline`). Returns the plan and
+    the config to run (with those epochs)."""
     tcfg = _teacher_to_train(cfg, out)
     stand_in = copy.deepcopy(teacher)  # measuring optimises the stand-in's forward, not the run's
     if tcfg is not None:  # an untrained CNN of the teacher's architecture costs the same
@@ -176,8 +192,8 @@ def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optio
                            tcfg.data.mean, tcfg.data.std)
         stand_in.set_student_input(cfg.data.mean, cfg.data.std, cfg.teacher.img_size)
     budget = None
-    if budget_minutes is not None:  # 8 % kept for the estimate's error and the final summary
-        budget = 0.92 * (60 * budget_minutes - process_seconds())
+    if budget_minutes is not None:
+        budget = budget_end(budget_minutes) - time.perf_counter()
     plan = plan_run(cfg, tcfg, bundle, stand_in, budget,
                     teacher_errors=teacher_settings(cfg, out / RunDir.TEACHER))
     parts = ([f"teacher {plan.teacher_epochs} epochs x {plan.teacher_epoch_seconds:.1f} s"]
@@ -187,7 +203,7 @@ def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optio
         was = ([f"teacher {tcfg.epochs}"] if tcfg is not None else []) + [f"student {cfg.epochs}"]
         log(f"time budget {budget_minutes:g} min: chose {', '.join(parts)} (recipe: "
             f"{', '.join(was)} epochs); about {plan.seconds:.0f} s of training, measured on "
-            "this machine")
+            "this machine; revised after every epoch from the epochs measured")
         cfg = replace(cfg, epochs=plan.student_epochs)
         if tcfg is not None:
             cfg = replace_keys(cfg, **{"teacher.train_epochs": plan.teacher_epochs})
@@ -197,19 +213,20 @@ def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optio
     return plan, cfg
 
 
-def replan_student(cfg: TrainConfig, plan: Plan, out: Path, budget_minutes: float,
+def replan_student(cfg: TrainConfig, plan: Plan, out: Path, end: float,
                    log: Log) -> TrainConfig:
-    """After the teacher: if its real epochs took longer than estimated, scale the student's
-    estimate by the same factor and cut the student's epochs to fit the time left (never
-    raised: a faster teacher says little about the student, measured on Fashion-MNIST: teacher
-    0.80x its estimate, student 0.91x)."""
+    """After the teacher: the student's first epoch count for the time left before `end` (its
+    own fit revises it after every epoch). If the teacher's real epochs took longer than
+    estimated, the student's estimate is scaled by the same factor (never below its own
+    estimate: a faster teacher says little about the student, measured on Fashion-MNIST:
+    teacher 0.80x its estimate, student 0.91x)."""
     tsum = RunDir(out).teacher.read_summary()
     factor = tsum["wall_seconds"] / tsum["epochs"] / plan.teacher_epoch_seconds
-    left = 0.92 * (60 * budget_minutes - process_seconds())
+    left = end - time.perf_counter()
     epochs = max(1, math.floor(left / (plan.student_epoch_seconds * max(1.0, factor))))
-    if epochs < cfg.epochs:
-        log(f"time budget: the teacher's epochs took {factor:.2f}x their estimate, so the "
-            f"student gets {epochs} epochs instead of {cfg.epochs} ({left:.0f} s left)")
+    if epochs != cfg.epochs:
+        log(f"time budget: the teacher took {factor:.2f}x its estimate per epoch; the student "
+            f"starts with {epochs} epochs instead of {cfg.epochs} ({left:.0f} s left)")
         cfg = replace(cfg, epochs=epochs)
     return cfg
 
@@ -251,6 +268,7 @@ def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resum
     with torch.device("meta"):
         check_distillable(cfg, build_student(cfg, bundle.num_classes))
     store: Optional[TeacherStore] = None
+    deadline: Optional[Deadline] = None
     if cfg.distill.store and cfg.distill.kind != "none":
         teacher = _store_teacher(cfg, bundle, out, log_main)
         store = open_store(cfg, bundle, d.world, d.rank,
@@ -267,20 +285,25 @@ def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resum
         named = cfg.teacher.name is not None
         teacher = get_teacher(cfg, bundle, out, log=log_main, dist_info=d) if named else None
         plan, trains_teacher = None, _teacher_to_train(cfg, out) is not None
+        end = budget_end(time_budget) if time_budget is not None else None
         if not resume and not d.enabled:
             plan, cfg = plan_time(cfg, bundle, out, teacher, time_budget, log_main)
         if d.is_main and not resume:  # before the teacher: a run stopped there can be resumed
             rd.write_config(cfg)
-        if not named:
-            teacher = get_teacher(cfg, bundle, out, log=log_main, dist_info=d)
-        if time_budget is not None and plan is not None and trains_teacher:
-            cfg = replan_student(cfg, plan, out, time_budget, log_main)
+        if not named:  # the teacher's share: what the student's planned epochs leave
+            share = None if end is None or plan is None else Deadline(
+                end - plan.student_epochs * plan.student_epoch_seconds)
+            teacher = get_teacher(cfg, bundle, out, log=log_main, dist_info=d, deadline=share)
+        if end is not None and plan is not None and trains_teacher:
+            cfg = replan_student(cfg, plan, out, end, log_main)
+        if end is not None:
+            deadline = Deadline(end)
     extra = {}
     if rd.teacher.is_finished():
         extra["teacher_wall_seconds"] = rd.teacher.read_summary()["wall_seconds"]
     return fit(cfg, "student", bundle, teacher=teacher, store=store, log=log,
                resume=resume and rd.has_last(), force=force, summary_extra=extra, t_start=t0,
-               dist_info=d)
+               dist_info=d, deadline=deadline)
 
 
 def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log: Log = print,

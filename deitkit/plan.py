@@ -136,3 +136,47 @@ def plan_run(cfg: TrainConfig, teacher_cfg: Optional[TrainConfig], bundle: Datas
             f"a time budget of {budget_seconds:.0f} s is too short: one student epoch takes "
             f"{s_s:.1f} s here" + (f" after {te} teacher epoch(s) of {t_s:.1f} s" if te else ""))
     return Plan(te, t_s, se, s_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan revised while the run trains
+
+REVISE_SAFETY = 1.03  # measured epochs are assumed this much slower ahead (their spread here)
+
+
+@dataclass
+class Deadline:
+    """A fit's time limit, `at` on time.perf_counter()'s clock. After every epoch `fit` asks
+    `epochs` how many epochs in all fit before it, from the epochs it measured. Until an
+    evaluation has been measured none is assumed; the next epoch's revision corrects that."""
+    at: float
+
+    def epochs(self, done: int, train_s: list[float], eval_s: list[float], eval_every: int,
+               now: float) -> int:
+        """Total epochs for a run that has trained `done` (this segment's training seconds
+        per epoch in `train_s`, evaluation seconds in `eval_s`; the first of each pays one-time
+        costs, so it counts only while it is the only one): the most that end, each later
+        epoch's evaluation (every `eval_every`, and always the last) included, by `at`. The
+        epoch just trained is evaluated after this answer (if it is the last or on the
+        evaluation rhythm), so its evaluation is counted too. Never fewer than `done`."""
+        per_epoch = REVISE_SAFETY * _typical(train_s)
+        per_eval = REVISE_SAFETY * _typical(eval_s) if eval_s else 0.0
+        left = self.at - now
+
+        def cost(k: int) -> float:  # k more epochs after `done`, their evaluations, and done's
+            last = done + k
+            evals = last // eval_every - (done - 1) // eval_every + (last % eval_every != 0)
+            return k * per_epoch + evals * per_eval
+        lo, hi = 0, 1                          # cost rises with k: the largest k that fits
+        while cost(hi) <= left:
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if cost(mid) <= left else (lo, mid)
+        return done + lo
+
+
+def _typical(seconds: list[float]) -> float:
+    """The epochs' typical time: the mean without the first (warm-up) once there are more."""
+    later = seconds[1:] or seconds
+    return sum(later) / len(later)

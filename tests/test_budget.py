@@ -1,0 +1,205 @@
+"""The budget well spent (issue 32): epochs revised from measured epochs, the fusion weight
+chosen on held-out training images, and the ending that says when the CNN is ahead."""
+import json
+import math
+import random
+import time
+
+import pytest
+import torch
+
+from deitkit import build_config, plan, train
+from deitkit.build import build_run, build_scheduler, load_bundle
+from deitkit.cli import main
+from deitkit.distill import choose_fusion_weight, fuse
+from deitkit.distributed import DistInfo
+from deitkit.export import FusedHeads, load_for_inference
+from deitkit.fit import _revise
+from deitkit.models import student_forward
+from deitkit.pipeline import end_reserve
+from deitkit.plan import Deadline
+from deitkit.regime import fusion_line, reach_epochs, teacher_gap
+from deitkit.rundir import RunDir
+
+TINY = ["progress=false", "device=cpu", "amp=off", "data.train_fraction=0.25",
+        "model.overrides={depth: 1}", "data.batch_size=16", "tensorboard=false"]
+
+
+# -- the revision, with made-up epoch times ---------------------------------------------------
+
+@pytest.mark.parametrize("epoch_s,eval_s,every,budget", [
+    (10.0, 2.0, 1, 300.0), (10.0, 2.0, 4, 300.0), (3.0, 4.0, 2, 100.0), (1.0, 0.2, 1, 37.5)])
+def test_revisions_from_made_up_epochs_end_within_the_budget_and_use_it(epoch_s, eval_s, every,
+                                                                        budget):
+    # a fit loop on a made-up clock: epochs and evaluations vary by +-3 % (as measured here),
+    # the first pays a one-time cost; the plan starts far off (4 epochs)
+    rng = random.Random(0)
+    d, now, total, done = Deadline(budget), 0.0, 4, 0
+    train_s, evals = [], []
+    while done < total:
+        t = epoch_s * rng.uniform(0.97, 1.03) + (5.0 if done == 0 else 0.0)
+        now += t
+        train_s.append(t)
+        done += 1
+        total = d.epochs(done, train_s, evals, every, now)
+        if done % every == 0 or done == total:
+            e = eval_s * rng.uniform(0.97, 1.03)
+            now += e
+            evals.append(e)
+    assert now <= budget                                       # never more ...
+    assert now >= budget - (epoch_s + eval_s) * 1.1 - 5.0      # ... and at most an epoch left
+    assert total == done > 4
+
+
+def test_a_revision_never_goes_below_the_epochs_done():
+    assert Deadline(10.0).epochs(7, [5.0] * 7, [1.0], 1, now=20.0) == 7
+
+
+# -- the revision in a real run ---------------------------------------------------------------
+
+def test_a_revised_run_has_the_schedule_of_its_new_length(tmp_path):
+    cfg = build_config("quickstart", overrides=[f"out={tmp_path}", *TINY, "epochs=4",
+                                                 "distill.kind=none", "optim.warmup_epochs=1"])
+    bundle = load_bundle(cfg)
+    run = build_run(cfg, "student", bundle, dist_info=DistInfo())
+    n = len(run.train_loader)
+    run.step.scheduler.step_update(num_updates=2 * n)       # two epochs done at 4 in all
+    cfg10 = _revise(run, RunDir(tmp_path), 2, 10, [1.0, 1.0], [], lambda *a: None)
+    assert cfg10.epochs == run.cfg.epochs == 10
+    ref = build_scheduler(cfg10, torch.optim.SGD([torch.zeros(1, requires_grad=True)],
+                                                 lr=run.lr), n)
+    for u in (2 * n, 5 * n, 10 * n - 1):
+        run.step.scheduler.step_update(num_updates=u)
+        assert run.step.optimizer.param_groups[0]["lr"] == pytest.approx(ref._get_lr(u)[0])
+    assert "epochs: 10" in (tmp_path / "config.yaml").read_text()
+
+
+def test_a_budgeted_run_fills_its_budget_and_never_passes_it(tmp_path, monkeypatch):
+    # the planner measures made-up epochs (2 s teacher, 3 s student), far slower than the real
+    # ones here, so the first plan is short: the fits revise it from their measured epochs
+    monkeypatch.setattr(plan, "measure_epoch", lambda cfg, role, bundle, teacher=None, steps=3:
+                        2.0 if role == "teacher" else 3.0)
+    monkeypatch.setattr("deitkit.pipeline.process_seconds", lambda: 5.0)
+    lines = []
+    cfg = build_config("quickstart", overrides=[f"out={tmp_path / 'r'}", *TINY, "eval_every=1"])
+    budget = 0.35                                             # 21 s, 5 of them already "spent"
+    t0 = time.perf_counter()
+    summary = train(cfg, log=lines.append, time_budget=budget)
+    took = time.perf_counter() - t0
+    left = 60 * budget - 5.0                                  # what the run was given
+    assert took <= left                                       # never more
+    epoch = (summary["wall_seconds"] - summary["teacher_wall_seconds"]) / summary["epochs"]
+    # used: the deadline (the budget less the reserve for the summary) missed by under an
+    # epoch with its evaluation
+    assert took >= left - end_reserve(60 * budget) - 1.5 * epoch
+    said = "\n".join(lines)
+    first = next(line for line in lines if line.startswith("time budget 0.35 min: chose"))
+    t, s = (int(x) for x in (first.split("teacher ")[1].split()[0],
+                             first.split("student ")[1].split()[0]))
+    assert t * 2.0 + s * 3.0 <= left < t * 2.0 + (s + 1) * 3.0 + 3.0   # the first plan fits
+    assert summary["epochs"] > s and "student epochs (the last measured at" in said
+    rd = RunDir(tmp_path / "r")
+    assert len(rd.read_metrics()) == summary["epochs"]                 # what ran is recorded
+    assert f"epochs: {summary['epochs']}" in rd.config.read_text()
+
+
+# -- the fusion weight -------------------------------------------------------------------------
+
+def test_the_weight_follows_the_better_head_and_ties_keep_the_mean():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (400,), generator=g)
+    good = torch.nn.functional.one_hot(labels, 5).float() * 3 + torch.randn(400, 5, generator=g)
+    noise = torch.randn(400, 5, generator=g) * 3
+    w, acc = choose_fusion_weight(noise, good, labels)       # the distillation head is better
+    assert w < 0.5 and acc[w] >= max(acc[1.0], acc[0.0])      # never below the better head
+    assert acc[w] > acc[0.5]                                  # and above the plain mean here
+    w2, _ = choose_fusion_weight(good, noise, labels)         # the class head is better
+    assert w2 > 0.5
+    w3, _ = choose_fusion_weight(good, good.clone(), labels)  # equal heads: the mean
+    assert w3 == 0.5
+    a, b = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    assert torch.equal(fuse(a, b, "logits", 0.5), (a + b) / 2)
+    assert torch.allclose(fuse(a, b, "probs", 0.8), 0.8 * a.softmax(-1) + 0.2 * b.softmax(-1))
+
+
+def test_the_held_out_images_are_apart_stratified_and_seeded():
+    cfg = build_config("quickstart", overrides=["data.holdout=0.1"])
+    b = load_bundle(cfg)
+    full = load_bundle(build_config("quickstart"))
+    train_idx, held = set(b.train.indices), set(b.holdout.indices)
+    assert not train_idx & held and train_idx | held == set(full.train.indices)
+    per_class = [b.holdout.targets.count(c) for c in range(10)]
+    assert all(abs(n - 0.1 * full.train.targets.count(c)) <= 1 for c, n in enumerate(per_class))
+    assert load_bundle(cfg).holdout.indices == b.holdout.indices
+
+
+def test_a_run_chooses_its_weight_there_and_eval_predict_and_onnx_use_it(tmp_path):
+    out = tmp_path / "r"
+    cfg = build_config("quickstart", overrides=[f"out={out}", *TINY, "epochs=3",
+                                                 "teacher.train_epochs=2", "data.holdout=0.2"])
+    summary = train(cfg, log=lambda *a: None)
+    w = summary["fusion_weight"]
+    rows = RunDir(out).read_metrics()
+    assert summary["holdout_images"] == len(load_bundle(cfg).holdout) > 0
+    assert rows[-1]["fusion_weight"] == w and summary["holdout_fused_top1"] >= max(
+        summary["holdout_cls_top1"], summary["holdout_dist_top1"])
+    teacher = json.loads((out / "teacher" / "summary.json").read_text())
+    assert teacher["train_images"] == summary["train_images"]  # the teacher never saw them
+    model, meta = load_for_inference(out / "checkpoint-last.pt")
+    assert meta["fusion_weight"] == w
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out_w = FusedHeads(model, "logits", weight=w)(x)
+        heads = student_forward(model, x)
+    assert torch.allclose(out_w, w * heads.cls_logits + (1 - w) * heads.dist_logits, atol=1e-6)
+    res_json = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--last", "--json", str(res_json)]) == 0
+    res = json.loads(res_json.read_text())
+    assert res["fusion_weight"] == w
+    assert res["fused_top1"] == pytest.approx(rows[-1]["fused_top1"])  # as the run scored it
+    line = fusion_line(summary)
+    assert f"{summary['holdout_images']} held-out training images" in line
+    # a fixed weight is the user's word: nothing is chosen
+    fixed = train(build_config("quickstart", overrides=[
+        f"out={tmp_path / 'f'}", *TINY, "epochs=1", "data.holdout=0.2",
+        f"teacher.name={out / 'teacher'}", "distill.fusion_weight=0.3"]), log=lambda *a: None)
+    assert fixed["fusion_weight"] == 0.3 and "holdout_fused_top1" not in fixed
+
+
+@pytest.mark.parametrize("key,value,words", [("data.holdout", "0.6", "in [0, 0.5)"),
+                                             ("distill.fusion_weight", "1.5", "in [0, 1]")])
+def test_bad_fusion_settings_are_refused(tmp_path, capsys, key, value, words):
+    assert main(["train", "--out", str(tmp_path / "r"), f"{key}={value}"]) == 2
+    assert key in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+# -- the ending ---------------------------------------------------------------------------------
+
+def _curve(f, epochs):
+    return [{"epoch": e, "fused_top1": f(e)} for e in range(1, epochs + 1)]
+
+
+def test_the_curve_says_when_the_student_would_reach_the_teacher():
+    curve = _curve(lambda e: 0.3 + 0.1 * math.log(e), 8)
+    assert reach_epochs(curve, 0.67) == pytest.approx(math.exp(3.7), rel=1e-6)
+    assert reach_epochs(_curve(lambda e: 0.5, 8), 0.67) is None       # flat: no guess
+    assert reach_epochs(curve[:2], 0.67) is None                       # too short
+
+
+def test_the_ending_says_plainly_when_the_cnn_is_ahead():
+    curve = _curve(lambda e: 0.3 + 0.1 * math.log(e), 8)
+    summary = {"teacher_top1": 0.70, "fused_top1": curve[-1]["fused_top1"], "epochs": 8,
+               "wall_seconds": 500.0, "teacher_wall_seconds": 100.0, "run_dir": "runs/x"}
+    lines = teacher_gap(summary, curve, "/data/mine")
+    text = "\n".join(lines)
+    assert "the CNN teacher is the better model today: 70.0 % against the student's 50.8 %" \
+        in text and "19.2 points" in text
+    more = (math.exp(3.7) - 8) * 50.0 / 60                              # 50 s per student epoch
+    assert f"after about 40 epochs, about {more:.0f} more minutes" in text
+    assert "deitkit pretrain --data /data/mine" in text and "model.weights=PRE" in text
+    assert "deitkit predict runs/x/teacher IMAGES" in text
+    assert teacher_gap({**summary, "fused_top1": 0.68}, curve, "d") == []   # within 3 points
+    far = teacher_gap({**summary, "teacher_top1": 0.99}, curve, "d")
+    assert "out of reach by time alone" in "\n".join(far)
+    pre = teacher_gap(summary, curve, "d", start="runs/pre")
+    assert "started from runs/pre" in "\n".join(pre) and "deitkit pretrain" not in "\n".join(pre)
