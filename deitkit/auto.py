@@ -17,8 +17,11 @@ behind the `quickstart` recipe (docs/recipes.md) generalised by size, not from o
 * teacher: a ResNet-10-T (its deep ImageNet stem; cheap: 99.4 % on the digits at 32 px in
   8 epochs, measured) below 50,000 images on a CPU, else ResNet-18 with the CIFAR stem (3x3,
   no max-pool) at 32 px and below, the ImageNet stem above;
+* fusion: from 2,000 training images, 5 % are held out (per class) and the heads' fusion
+  weight is chosen on them (`data.holdout`, `distill.fusion_weight`);
 * epochs: from the time budget (default 10 minutes on a CPU, 30 on a GPU), measured on the
-  first steps, split between teacher and student as 8 : 20 (the quickstart's split).
+  first steps, split between teacher and student as 8 : 20 (the quickstart's split), then
+  revised after every epoch from the epochs measured (`plan.Deadline`).
 """
 from __future__ import annotations
 
@@ -104,6 +107,10 @@ def auto_config(data: str, device: str = "cpu", overrides: list[str] | None = No
     ema = 0.99 if n < 5_000 else 0.999
     why.append(f"batch {batch}, AdamW lr 5e-4, 1 warm-up epoch, EMA {ema}, horizontal flips "
                "(set aug.hflip=0 for digits or text)")
+    holdout = 0.05 if n >= 2_000 else 0.0
+    if holdout:
+        why.append(f"{round(holdout * n):,} training images (5 %) held out to choose how the two "
+                   "heads are fused (the better head is never outvoted)")
     every = 1 if facts.val_images <= 2_000 else 4
     if every > 1:
         why.append(f"evaluation every {every} epochs ({facts.val_images:,} validation images)")
@@ -120,7 +127,7 @@ def auto_config(data: str, device: str = "cpu", overrides: list[str] | None = No
         f"teacher.train_model={teacher}",
         f"teacher.train_overrides=[model.small_stem={'true' if small_stem else 'false'}, "
         f"data.batch_size={teacher_batch}]",
-        "data.num_workers=2", "aug.hflip=0.5", f"ema.decay={ema}", f"eval_every={every}",
+        "data.num_workers=2", f"data.holdout={holdout}", "aug.hflip=0.5", f"ema.decay={ema}", f"eval_every={every}",
         *aug]
     cfg = replace_keys(build_config("quickstart", overrides=settings),
                        **{"recipe.name": "auto",
