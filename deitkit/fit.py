@@ -145,8 +145,9 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         record = {"epoch": epoch + 1, **train_one_epoch(run.step, run.train_loader, run.device,
                                                         epoch, run.opts)}
         train_s.append(time.perf_counter() - t_epoch)
+        planned = cfg.epochs
         if deadline is not None:
-            cfg = _revise(run, rd, epoch + 1, deadline.epochs(
+            cfg = _revise(run, epoch + 1, deadline.epochs(
                 epoch + 1, train_s, eval_s, cfg.eval_every, time.perf_counter()), train_s,
                 eval_s, log)
             bar.total = cfg.epochs
@@ -160,6 +161,8 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         state.seconds = earlier + time.perf_counter() - t_start
         if d.is_main:
             _save_epoch(rd, run, state, improved, tb)
+            if cfg.epochs != planned:  # after the checkpoint that holds the revised count
+                rd.write_config(cfg)
             bar.update()
             bar.set_postfix(loss=f"{record['train_loss']:.3f}",
                             acc=f"{record.get('fused_top1', float('nan')):.3f}")
@@ -179,11 +182,10 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
     return summary
 
 
-def _revise(run: Run, rd: RunDir, done: int, epochs: int, train_s: list, eval_s: list,
+def _revise(run: Run, done: int, epochs: int, train_s: list, eval_s: list,
             log: Log) -> TrainConfig:
-    """The run's config with `epochs` in all (a deadline's revision after `done` epochs): the
-    schedule rebuilt for them at the current update, config.yaml rewritten, and a line that
-    says why."""
+    """The run's config with `epochs` in all (a deadline's revision after `done` epochs), the
+    schedule rebuilt for them at the current update, and a line that says why."""
     cfg = run.cfg
     if epochs == cfg.epochs:
         return cfg
@@ -195,8 +197,6 @@ def _revise(run: Run, rd: RunDir, done: int, epochs: int, train_s: list, eval_s:
     if run.step.scheduler is not None:  # timm's schedulers are a function of the update count
         run.step.scheduler = build_scheduler(cfg, run.step.optimizer, len(run.train_loader))
         run.step.scheduler.step_update(num_updates=done * len(run.train_loader))
-    if run.dist.is_main:
-        rd.write_config(cfg)
     return cfg
 
 

@@ -64,14 +64,13 @@ def test_a_revised_run_has_the_schedule_of_its_new_length(tmp_path):
     run = build_run(cfg, "student", bundle, dist_info=DistInfo())
     n = len(run.train_loader)
     run.step.scheduler.step_update(num_updates=2 * n)       # two epochs done at 4 in all
-    cfg10 = _revise(run, RunDir(tmp_path), 2, 10, [1.0, 1.0], [], lambda *a: None)
+    cfg10 = _revise(run, 2, 10, [1.0, 1.0], [], lambda *a: None)
     assert cfg10.epochs == run.cfg.epochs == 10
     ref = build_scheduler(cfg10, torch.optim.SGD([torch.zeros(1, requires_grad=True)],
                                                  lr=run.lr), n)
     for u in (2 * n, 5 * n, 10 * n - 1):
         run.step.scheduler.step_update(num_updates=u)
         assert run.step.optimizer.param_groups[0]["lr"] == pytest.approx(ref._get_lr(u)[0])
-    assert "epochs: 10" in (tmp_path / "config.yaml").read_text()
 
 
 def test_a_budgeted_run_fills_its_budget_and_never_passes_it(tmp_path, monkeypatch):
