@@ -145,16 +145,19 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         record = {"epoch": epoch + 1, **train_one_epoch(run.step, run.train_loader, run.device,
                                                         epoch, run.opts)}
         train_s.append(time.perf_counter() - t_epoch)
-        planned = cfg.epochs
-        if deadline is not None:
-            cfg = _revise(run, epoch + 1, deadline.epochs(
-                epoch + 1, train_s, eval_s, cfg.eval_every, time.perf_counter()), train_s,
-                eval_s, log)
-            bar.total = cfg.epochs
+        planned, evaluated = cfg.epochs, False
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
             t_eval = time.perf_counter()
             record.update(_evaluate(run))
             eval_s.append(time.perf_counter() - t_eval)
+            evaluated = True
+        if deadline is not None:
+            cfg = _revise(run, epoch + 1, deadline.epochs(
+                epoch + 1, cfg.epochs, train_s, eval_s, cfg.eval_every, time.perf_counter(),
+                evaluated), train_s, eval_s, log)
+            bar.total = cfg.epochs
+            if epoch + 1 == cfg.epochs and not evaluated:  # the last epoch is always evaluated
+                record.update(_evaluate(run))
         record["skipped_images"] = rd.skipped_count()
         improved = state.finish_epoch(record)
         state.rng = gather_objects(rng_state())  # every rank's streams, for an exact resume

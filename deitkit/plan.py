@@ -146,26 +146,30 @@ REVISE_SAFETY = 1.03  # measured epochs are assumed this much slower ahead (thei
 
 @dataclass
 class Deadline:
-    """A fit's time limit, `at` on time.perf_counter()'s clock. After every epoch `fit` asks
-    `epochs` how many epochs in all fit before it, from the epochs it measured. Until an
-    evaluation has been measured none is assumed; the next epoch's revision corrects that."""
+    """A fit's time limit, `at` on time.perf_counter()'s clock. After every epoch (and its
+    evaluation, if it had one) `fit` asks `epochs` how many epochs in all fit before it, from
+    the epochs it measured."""
     at: float
 
-    def epochs(self, done: int, train_s: list[float], eval_s: list[float], eval_every: int,
-               now: float) -> int:
-        """Total epochs for a run that has trained `done` (this segment's training seconds
-        per epoch in `train_s`, evaluation seconds in `eval_s`; the first of each pays one-time
-        costs, so it counts only while it is the only one): the most that end, each later
-        epoch's evaluation (every `eval_every`, and always the last) included, by `at`. The
-        epoch just trained is evaluated after this answer (if it is the last or on the
-        evaluation rhythm), so its evaluation is counted too. Never fewer than `done`."""
+    def epochs(self, done: int, total: int, train_s: list[float], eval_s: list[float],
+               eval_every: int, now: float, evaluated: bool) -> int:
+        """Total epochs for a run planned at `total` that has trained `done` (this segment's
+        training seconds per epoch in `train_s`, evaluation seconds in `eval_s`; the first of
+        each pays one-time costs, so it counts only while it is the only one; `evaluated`:
+        whether epoch `done` was): the most that end by `at`, each later epoch's evaluation
+        (every `eval_every`, and always the last) included, and epoch `done`'s if it becomes
+        the last without one. Never fewer than `done`; never more than `total` until an
+        evaluation has been measured (an unmeasured cost is not bet on: a first revision
+        that raised the count on training time alone had to take it back)."""
         per_epoch = REVISE_SAFETY * _typical(train_s)
         per_eval = REVISE_SAFETY * _typical(eval_s) if eval_s else 0.0
         left = self.at - now
 
-        def cost(k: int) -> float:  # k more epochs after `done`, their evaluations, and done's
+        def cost(k: int) -> float:  # k more epochs after `done`, and their evaluations
             last = done + k
-            evals = last // eval_every - (done - 1) // eval_every + (last % eval_every != 0)
+            if k == 0:
+                return 0.0 if evaluated else per_eval
+            evals = last // eval_every - done // eval_every + (last % eval_every != 0)
             return k * per_epoch + evals * per_eval
         lo, hi = 0, 1                          # cost rises with k: the largest k that fits
         while cost(hi) <= left:
@@ -173,7 +177,7 @@ class Deadline:
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if cost(mid) <= left else (lo, mid)
-        return done + lo
+        return done + lo if eval_s else min(done + lo, total)
 
 
 def _typical(seconds: list[float]) -> float:

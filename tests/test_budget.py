@@ -35,24 +35,32 @@ def test_revisions_from_made_up_epochs_end_within_the_budget_and_use_it(epoch_s,
     # the first pays a one-time cost; the plan starts far off (4 epochs)
     rng = random.Random(0)
     d, now, total, done = Deadline(budget), 0.0, 4, 0
-    train_s, evals = [], []
+    train_s, evals, totals = [], [], []
+
+    def evaluate():
+        e = eval_s * rng.uniform(0.97, 1.03)
+        evals.append(e)
+        return e
     while done < total:
         t = epoch_s * rng.uniform(0.97, 1.03) + (5.0 if done == 0 else 0.0)
         now += t
         train_s.append(t)
         done += 1
-        total = d.epochs(done, train_s, evals, every, now)
-        if done % every == 0 or done == total:
-            e = eval_s * rng.uniform(0.97, 1.03)
-            now += e
-            evals.append(e)
+        evaluated = done % every == 0 or done == total
+        if evaluated:
+            now += evaluate()
+        total = d.epochs(done, total, train_s, evals, every, now, evaluated)
+        totals.append(total)
+        if done == total and not evaluated:
+            now += evaluate()
     assert now <= budget                                       # never more ...
     assert now >= budget - (epoch_s + eval_s) * 1.1 - 5.0      # ... and at most an epoch left
     assert total == done > 4
+    assert all(t <= 4 for t in totals[:every - 1])             # no raise before an evaluation
 
 
 def test_a_revision_never_goes_below_the_epochs_done():
-    assert Deadline(10.0).epochs(7, [5.0] * 7, [1.0], 1, now=20.0) == 7
+    assert Deadline(10.0).epochs(7, 9, [5.0] * 7, [1.0], 1, now=20.0, evaluated=True) == 7
 
 
 # -- the revision in a real run ---------------------------------------------------------------
