@@ -127,7 +127,8 @@ def auto_config(data: str, device: str = "cpu", overrides: list[str] | None = No
         f"teacher.train_model={teacher}",
         f"teacher.train_overrides=[model.small_stem={'true' if small_stem else 'false'}, "
         f"data.batch_size={teacher_batch}]",
-        "data.num_workers=2", f"data.holdout={holdout}", "aug.hflip=0.5", f"ema.decay={ema}", f"eval_every={every}",
+        "data.num_workers=2", f"data.holdout={holdout}", "aug.hflip=0.5", f"ema.decay={ema}",
+        f"eval_every={every}",
         *aug]
     cfg = replace_keys(build_config("quickstart", overrides=settings),
                        **{"recipe.name": "auto",

@@ -137,8 +137,8 @@ def run_meta(cfg: TrainConfig, role: Role, bundle: DatasetBundle) -> dict:
             "patch_size": cfg.model.patch_size, "small_stem": cfg.model.small_stem,
             "model_overrides": dict(cfg.model.overrides), "mean": list(cfg.data.mean),
             "std": list(cfg.data.std), "dataset": bundle.name, "fusion": cfg.distill.fusion,
-            "fusion_weight": 0.5 if cfg.distill.fusion_weight is None else cfg.distill.fusion_weight,
-            "deitkit_format": 1}
+            "fusion_weight": (0.5 if cfg.distill.fusion_weight is None
+                              else cfg.distill.fusion_weight), "deitkit_format": 1}
 
 
 def build_student(cfg: TrainConfig, num_classes: int):

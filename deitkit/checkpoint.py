@@ -28,8 +28,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     flushed, fsynced and renamed over `path`; the folder is fsynced so the rename itself is
     durable. On any failure the temporary file is removed and `path` keeps its old content."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # a read-only or full folder fails here already: one line, as below
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(_write_failure(path, e)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

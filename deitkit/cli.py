@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -66,6 +67,9 @@ def _run_folder_flags(p: argparse.ArgumentParser, budget_help: Optional[str] = N
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deitkit", description=__doc__, epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true",
+                        help="also print the traceback of an error (anywhere on the line; "
+                             "input errors are one line without it)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a distilled DeiT student (quickstart on the digits "
@@ -408,6 +412,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _main(argv: Optional[list[str]] = None) -> int:
     parser = make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    own = argv[:argv.index("--")] if "--" in argv else argv  # after `--`: a submitted command's
+    debug = "--debug" in own
+    if debug:
+        argv.remove("--debug")
     if argv[:1] == ["slurm"]:  # everything after `--` belongs to the submitted command
         args = parser.parse_args(argv)
         extra = []
@@ -426,6 +434,8 @@ def _main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, DataError, CheckpointError, NonFiniteLossError, ValueError,
             SlurmError) as e:
         rank = os.environ.get("RANK")
+        if debug:
+            traceback.print_exc()
         print(f"deitkit: error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -57,8 +57,8 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
     res = evaluate(model, loader, dev, t, fusion or cfg.distill.fusion, amp_dtype, progress=True,
                    fusion_weight=weight)
     res.update({"checkpoint": str(path), "epoch": ckpt.get("epoch"), "dataset": cfg.data.name,
-                "split": bundle.val_split, "teacher": teacher, "fusion": fusion or cfg.distill.fusion,
-                "fusion_weight": weight})
+                "split": bundle.val_split, "teacher": teacher,
+                "fusion": fusion or cfg.distill.fusion, "fusion_weight": weight})
     return res
 
 

@@ -25,6 +25,40 @@ from .runtime import resolve_device
 
 
 
+def folder_labels(inputs: list[str]) -> dict[Path, str]:
+    """image -> its class folder's name, for every input folder laid out as a labelled one
+    (images in subfolders, one per class, as in an ImageFolder split)."""
+    labels = {}
+    for item in inputs:
+        root = Path(item).expanduser()
+        if not root.is_dir():
+            continue
+        for sub in sorted(d for d in root.iterdir() if d.is_dir()):
+            for f in sub.rglob("*"):
+                if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS:
+                    labels[f] = sub.name
+    return labels
+
+
+def check_folder_classes(labels: dict[Path, str], classes: list[str], model: str) -> bool:
+    """Whether the inputs are labelled with this model's class names: True when every class
+    folder is one of them; False when none is (folders named otherwise, by date say: not
+    labels); a mix is refused, naming the folders the model does not know (a model for other
+    classes, or a misspelt folder)."""
+    names = sorted(set(labels.values()))
+    known = [n for n in names if n in classes]
+    if not known:
+        return False
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise CheckpointError(f"the input folders are labelled by class folders "
+                              f"({', '.join(names)}) but '{model}' predicts {classes}: "
+                              f"{', '.join(unknown)} "
+                              "are not among its classes (a model for other classes, or a "
+                              "misspelt folder?)")
+    return True
+
+
 def gather_images(inputs: list[str]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
@@ -63,6 +97,9 @@ def predict(model_path: str, inputs: list[str], topk: int = 5, head: str = "fuse
     files = gather_images(inputs)
     if not files:
         raise CheckpointError(f"no images found in {', '.join(inputs)}")
+    labels = folder_labels(inputs)
+    labelled = check_folder_classes(labels, classes, model_path)
+    correct = scored = 0
     records, skipped = [], []
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(files), batch_size):
@@ -84,7 +121,13 @@ def predict(model_path: str, inputs: list[str], topk: int = 5, head: str = "fuse
         for p, vals, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
             records.append({"path": str(p), "top": [
                 {"label": classes[i], "probability": round(v, 6)} for v, i in zip(vals, idx)]})
+            if labelled and p in labels:
+                scored += 1
+                correct += classes[idx[0]] == labels[p]
     bar.close()
+    if scored:
+        log(f"labelled by class folders: top-1 {100 * correct / scored:.1f} % of {scored} "
+            "images (the folder's name as the label)")
     return records, skipped
 
 

@@ -6,6 +6,10 @@ per-epoch metrics (timings aside) and final weights must be identical.
 
     python scripts/soak.py --kills 50
 
+Kills come after a wait drawn between 10 % and 120 % of the reference run's measured wall time
+(start-up included), so a slow machine gets proportionally longer waits and every run still
+finishes (about one wait in six outlasts a whole run); `--max-wait` fixes the longest wait.
+
 prints: runs, kills, resumes, corrupted checkpoints (a checkpoint left by a kill that does not
 load), and resumed runs whose results differ from the reference. Both of the last two must be 0;
 the exit status is 1 otherwise.
@@ -59,7 +63,9 @@ def loads(path: Path) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=50, help="stop after this many kills")
-    ap.add_argument("--max-wait", type=float, default=15.0, help="longest wait before a kill (s)")
+    ap.add_argument("--max-wait", type=float, default=None,
+                    help="longest wait before a kill (s; default 1.2 x the reference run's "
+                         "measured wall time)")
     ap.add_argument("--workers", type=int, default=0, help="data.num_workers of the runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="keep the run folders here")
@@ -73,8 +79,14 @@ def main() -> int:
                            "data.train_fraction=0.12", "--device", "cpu"), check=True,
                    stdout=subprocess.DEVNULL)
     ref = root / "reference"
+    t_ref = time.perf_counter()
     subprocess.run(deitkit("train", "--out", str(ref), "--teacher", str(teacher), *common),
                    check=True, stdout=subprocess.DEVNULL)
+    t_ref = time.perf_counter() - t_ref
+    longest = args.max_wait or 1.2 * t_ref
+    shortest = min(0.5, longest / 2) if args.max_wait else 0.1 * t_ref
+    print(f"reference run: {t_ref:.1f} s; kills after {shortest:.1f}-{longest:.1f} s",
+          flush=True)
     runs = kills = resumes = corrupted = differ = 0
     t0 = time.time()
     while kills < args.kills:
@@ -84,7 +96,7 @@ def main() -> int:
         while True:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
-                proc.wait(timeout=rng.uniform(0.5, args.max_wait))
+                proc.wait(timeout=rng.uniform(shortest, longest))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()

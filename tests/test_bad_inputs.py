@@ -1,5 +1,11 @@
-"""Bad inputs through the real CLI: each refused with exit status 2 and a line naming what is
-wrong, before work starts, and the output folder (holding a file of the user's) unchanged."""
+"""Bad inputs through the real CLI, each in its own `python -m deitkit` process: refused with
+exit status 2 and a line naming what is wrong, before work starts, no traceback, and the output
+folder (holding a file of the user's) unchanged."""
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from conftest import folder_hash
@@ -60,22 +66,57 @@ CASES = [  # (arguments after `deitkit`, with OUT for the output folder; a fragm
     (["pretrain", "--out", "OUT", "--no-progress", "--epochs", "1", "model.weights=w.pt"],
      "starts from random weights"),
     (["pretrain", "--resume", "OUT"], "holds no config.yaml"),
+    (["pretrain", "--out", "OUT", "--no-progress", "--epochs", "1", "data.holdout=0.1"],
+     "pretraining chooses no fusion weight"),
+    (["train", "--out", "OUT", *FAST, "data.holdout=0.6"], "data.holdout"),
+    (["train", "--out", "OUT", *FAST, "distill.fusion_weight=1.5"], "distill.fusion_weight"),
+    (["train", "--out", "OUT", *FAST, "data.holdout=lots"], "data.holdout"),
 ]
 
 
-@pytest.mark.parametrize("args, fragment", CASES, ids=[f"{i}-{c[0][0]}" for i, c in
-                                                        enumerate(CASES)])
-def test_bad_input_is_refused_and_changes_nothing(tmp_path, capsys, args, fragment):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("the user's own file")
-    before = folder_hash(out)
-    code = main([a.replace("OUT", str(out)) for a in args])
-    err = capsys.readouterr().err
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory):
+    """Every case through the real CLI in its own process (two at a time, one thread each):
+    (exit status, stderr, the output folder's hash before, after)."""
+    root = tmp_path_factory.mktemp("bad")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def one(i):
+        here = root / f"case{i}"
+        out = here / "out"
+        out.mkdir(parents=True)
+        (out / "mine.txt").write_text("the user's own file")
+        before = folder_hash(out)
+        p = subprocess.run([sys.executable, "-m", "deitkit",
+                            *[a.replace("OUT", str(out)) for a in CASES[i][0]]],
+                           capture_output=True, text=True, timeout=600, cwd=here, env=env)
+        return p.returncode, p.stderr, before, folder_hash(out)
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(one, range(len(CASES))))
+
+
+def test_there_are_at_least_40_cases():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{i}-{c[0][0]}" for i, c in
+                                                       enumerate(CASES)])
+def test_bad_input_is_refused_and_changes_nothing(refused, i):
+    code, err, before, after = refused[i]
+    last = err.strip().splitlines()[-1] if err.strip() else ""
     assert code == 2, err
-    assert fragment in err and err.startswith("deitkit: error:"), err
+    assert last.startswith("deitkit: error:") and CASES[i][1] in last, err
     assert "Traceback" not in err
-    assert folder_hash(out) == before
+    assert after == before
+
+
+def test_debug_shows_the_traceback_and_keeps_the_status(tmp_path, capsys):
+    args = ["train", "--out", str(tmp_path / "r"), *FAST, "model.patch_size=0"]
+    assert main(["--debug", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "patch_size must be" in err
+    assert main([*args[:3], "--debug", *args[3:]]) == 2          # anywhere on the line
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_a_refused_run_leaves_no_empty_folder(tmp_path, capsys):

@@ -84,3 +84,26 @@ def test_a_pretraining_run_cannot_teach_or_be_evaluated(tmp_path, capsys):
     ckpt = torch.load(pre / "checkpoint-last.pt", weights_only=True)
     for k, v in ckpt["model"].items():
         assert torch.equal(enc.state_dict()[k], v), k
+
+
+def test_predict_checks_class_folders_against_the_model(digits_run, other_classes, tmp_path,
+                                                        capsys):
+    # folders named by the model's classes: scored, the folders as labels
+    rng = np.random.default_rng(1)
+    mine = tmp_path / "mine"
+    for c in ("3", "7"):
+        (mine / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                mine / c / f"{i}.png")
+    assert main(["predict", str(digits_run), str(mine), "--no-progress"]) == 0
+    assert "labelled by class folders: top-1" in capsys.readouterr().err
+    # folders none of which is a class: not labels, predicted as they are
+    assert main(["predict", str(digits_run), str(other_classes / "val"), "--no-progress"]) == 0
+    assert "labelled by class folders" not in capsys.readouterr().err
+    # a mix: refused, naming the folders the model does not know
+    (mine / "seven").mkdir()
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(mine / "seven" / "x.png")
+    assert main(["predict", str(digits_run), str(mine), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "seven are not among its classes" in err and "['0', '1'" in err

@@ -212,3 +212,57 @@ def test_a_full_disk_mid_run_is_one_line_and_the_last_checkpoint_stays(tmp_path,
     monkeypatch.setattr(torch, "save", real_save)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
+
+
+def _image_folder(root, per_class=6, size=16):
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in range(3):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                pix = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pix).save(d / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("failure", ["read-only folder", "vanished image"])
+def test_a_failure_mid_run_is_one_line_and_the_last_checkpoint_stays(tmp_path, monkeypatch,
+                                                                     capsys, failure):
+    """Epoch 2 meets a folder turned read-only (the checkpoint's temporary file cannot be
+    made) or a training image deleted since epoch 1 (the worker loader reads it): exit status
+    2, one line naming the file and the cause, epoch 1's checkpoint intact."""
+    import tempfile as tempfile_mod
+    data = _image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    real_epoch, real_mkstemp = train_mod.train_one_epoch, tempfile_mod.mkstemp
+    gone = data / "train" / "c1" / "3.png"
+
+    def epoch_then_fail(*a, **kw):
+        result = real_epoch(*a, **kw)
+        if a[3] == 0 and failure == "vanished image":
+            gone.unlink()
+        if a[3] == 1 and failure == "read-only folder":
+            def refuse(*m, **mk):
+                if "checkpoint" in mk.get("prefix", ""):
+                    raise OSError(errno.EROFS, "Read-only file system")
+                return real_mkstemp(*m, **mk)
+            monkeypatch.setattr(tempfile_mod, "mkstemp", refuse)
+        return result
+    monkeypatch.setattr(train_mod, "train_one_epoch", epoch_then_fail)
+    code = main(["train", "--out", str(out), "--data", str(data), "--no-progress",
+                 "--recipe", "quickstart", "distill.kind=none", "model.name=deit_tiny_patch16_224",
+                 "model.patch_size=8", "data.img_size=16", "model.overrides={depth: 1}",
+                 "data.batch_size=4", "data.on_device=false", "data.num_workers=0",
+                 "epochs=3", "eval_every=1", "tensorboard=false",
+                 "eval_train_images=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    if failure == "vanished image":
+        assert str(gone) in err and "No such file" in err
+    else:
+        assert "checkpoint" in err and "Read-only file system" in err
+    assert torch.load(out / "checkpoint-last.pt", weights_only=True)["epoch"] == 1
+
