@@ -22,7 +22,7 @@ from .config import ConfigError, Role, TrainConfig
 from .data import (DatasetBundle, RepeatedAugSampler, ShardSampler, TransformDataset,
                    build_eval_transform, build_mixer, build_train_transform, load_dataset)
 from .data.device import Decision, DeviceTrainLoader, decide, device_loaders, device_subset_loader
-from .distill import DistillationLoss
+from .distill import MEAN_WEIGHT, DistillationLoss
 from .distill.sources import OnlineTeacher, StoredTeacher, TeacherSource
 from .distill.store import TeacherStore
 from .distributed import DistInfo
@@ -137,7 +137,7 @@ def run_meta(cfg: TrainConfig, role: Role, bundle: DatasetBundle) -> dict:
             "patch_size": cfg.model.patch_size, "small_stem": cfg.model.small_stem,
             "model_overrides": dict(cfg.model.overrides), "mean": list(cfg.data.mean),
             "std": list(cfg.data.std), "dataset": bundle.name, "fusion": cfg.distill.fusion,
-            "fusion_weight": (0.5 if cfg.distill.fusion_weight is None
+            "fusion_weight": (MEAN_WEIGHT if cfg.distill.fusion_weight is None
                               else cfg.distill.fusion_weight), "deitkit_format": 1}
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import OnError
 from .data import student_views
-from .distill import DistillationLoss, choose_fusion_weight, fuse
+from .distill import MEAN_WEIGHT, DistillationLoss, choose_fusion_weight, fuse
 from .distill.sources import TeacherSource
 from .distributed import all_reduce_sum
 from .models import Teacher, student_forward
@@ -29,6 +29,10 @@ from .runtime import autocast
 EVAL_KEYS = ("cls_top1", "cls_top5", "dist_top1", "dist_top5", "fused_top1", "fused_top5",
              "head_agreement", "token_cosine", "teacher_top1", "teacher_top5",
              "student_teacher_agreement")
+# what `holdout_fusion` returns: each head's top-1 on the held-out images, their plain mean's,
+# the fused top-1 at the chosen weight, the weight and the image count
+HOLDOUT_KEYS = ("holdout_cls_top1", "holdout_dist_top1", "holdout_mean_top1",
+                "holdout_fused_top1", "fusion_weight", "holdout_images")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -242,6 +246,5 @@ def holdout_fusion(model: nn.Module, batches, device: torch.device, fusion: str 
         ys.append(labels)
     c, d, y = torch.cat(cls_l), torch.cat(dist_l), torch.cat(ys)
     weight, acc = choose_fusion_weight(c, d, y, fusion)
-    return weight, {"holdout_cls_top1": acc[1.0], "holdout_dist_top1": acc[0.0],
-                    "holdout_mean_top1": acc[0.5], "holdout_fused_top1": acc[weight],
-                    "fusion_weight": weight, "holdout_images": len(y)}
+    return weight, dict(zip(HOLDOUT_KEYS, (acc[1.0], acc[0.0], acc[MEAN_WEIGHT], acc[weight],
+                                           weight, len(y))))

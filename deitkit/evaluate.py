@@ -8,6 +8,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import from_dict, replace_keys
 from .data import build_eval_transform, load_dataset
+from .distill import MEAN_WEIGHT, recorded_weight
 from .engine import EVAL_KEYS, evaluate
 from .models import create_teacher
 from .models.teacher import check_class_names, model_from_checkpoint
@@ -53,7 +54,7 @@ def evaluate_checkpoint(run: str, data: Optional[str] = None, teacher: Optional[
                                                          meta["std"]))
     loader = torch.utils.data.DataLoader(val, batch_size=cfg.data.eval_batch_size,
                                          num_workers=cfg.data.num_workers)
-    weight = meta.get("fusion_weight", 0.5)  # the run's (chosen on its held-out images)
+    weight = recorded_weight(meta)  # the run's (chosen on its held-out images)
     res = evaluate(model, loader, dev, t, fusion or cfg.distill.fusion, amp_dtype, progress=True,
                    fusion_weight=weight)
     res.update({"checkpoint": str(path), "epoch": ckpt.get("epoch"), "dataset": cfg.data.name,
@@ -66,7 +67,7 @@ def format_eval(res: dict) -> str:
     lines = [f"{res['checkpoint']} (epoch {res['epoch']}) on {res['dataset']} {res['split']} "
              f"({res['eval_images']} images), fusion {res['fusion']}"
              + (f" (class head weight {res['fusion_weight']:g})"
-                if res.get("fusion_weight", 0.5) != 0.5 else "")]
+                if res.get("fusion_weight", MEAN_WEIGHT) != MEAN_WEIGHT else "")]
     for k in EVAL_KEYS:
         v = res.get(k)
         if v is not None:

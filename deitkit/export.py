@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoint import (CheckpointError, atomic_write, atomic_write_text, load_checkpoint,
                          unwrap_state)
-from .distill import fuse
+from .distill import MEAN_WEIGHT, fuse, recorded_weight
 from .models import student_forward
 from .rundir import resolve_checkpoint
 from .models.teacher import model_from_checkpoint
@@ -59,7 +59,7 @@ class FusedHeads(nn.Module):
     fusion=probs), or a CNN's logits: what `deitkit predict` and the ONNX file compute."""
 
     def __init__(self, model: nn.Module, fusion: str = "logits", head: str = "fused",
-                 weight: float = 0.5):
+                 weight: float = MEAN_WEIGHT):
         super().__init__()
         self.model, self.fusion, self.head, self.weight = model, fusion, head, weight
 
@@ -109,7 +109,7 @@ def export_onnx(src: str | Path, out: str | Path, opset: int = 18) -> Path:
                               "'deitkit[onnx]'")
     model, meta = load_for_inference(src)
     net = FusedHeads(model, meta.get("fusion", "logits"),
-                     weight=meta.get("fusion_weight", 0.5)).eval()
+                     weight=recorded_weight(meta)).eval()
     size = meta["img_size"]
     example = torch.zeros(2, 3, size, size)
     program = torch.onnx.export(net, (example,), dynamo=True, input_names=["image"],

@@ -18,7 +18,7 @@ from .config import ConfigError, Role, TrainConfig, run_changing_keys, to_dict
 from .data import DatasetBundle
 from .distill.store import TeacherStore
 from .distributed import DistInfo, barrier, gather_objects, init_distributed
-from .engine import EVAL_KEYS, evaluate, holdout_fusion, train_one_epoch
+from .engine import EVAL_KEYS, HOLDOUT_KEYS, evaluate, holdout_fusion, train_one_epoch
 from .models import Teacher
 from .models.teacher import load_weights
 from .plan import Deadline
@@ -28,8 +28,6 @@ from .runtime import Log, quiet, rng_state, set_rng_state
 
 # the evaluation metrics a summary carries: `evaluate`'s, plus the clean training accuracy
 SUMMARY_KEYS = EVAL_KEYS + ("train_clean_top1",)
-HOLDOUT_KEYS = ("holdout_cls_top1", "holdout_dist_top1", "holdout_mean_top1",
-                "holdout_fused_top1", "holdout_images")
 KEEP_EVAL_STEP = 0.005  # keep_eval_checkpoints: a new high at least half a point above the last kept
 
 
@@ -267,8 +265,8 @@ def _summary(run: Run, rd: RunDir, state: TrainState, extra: dict) -> dict:
                     "best_fused_top1": state.best, "best_epoch": state.best_epoch,
                     "train_images": len(bundle.train), "eval_images": last.get("eval_images"),
                     "ema_fused_top1": last.get("ema_fused_top1"),
-                    "fusion_weight": run.meta["fusion_weight"] if run.role == "student" else None,
                     **{k: last[k] for k in HOLDOUT_KEYS if k in last},
+                    "fusion_weight": run.meta["fusion_weight"] if run.role == "student" else None,
                     "skipped_images": rd.skipped_count(), "parameters": run.n_params,
                     "run_dir": str(rd.path), **extra})
     if run.role == "teacher":  # a teacher's accuracy is its own

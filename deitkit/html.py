@@ -112,8 +112,9 @@ def run_page(run_dir: Path) -> str:
     if summary.get("regime_text"):
         body.append(f"<p class=\"verdict\" id=\"regime\"><b>Regime:</b> "
                     f"{html.escape(summary['regime_text'])}</p>")
-    if fusion_line(summary):
-        body.append(f"<p id=\"fusion\">{html.escape(fusion_line(summary))}</p>")
+    fusion = fusion_line(summary)
+    if fusion:
+        body.append(f"<p id=\"fusion\">{html.escape(fusion)}</p>")
     if summary.get("ending"):
         body.append("<ul class=\"verdict\" id=\"ending\">" + "".join(
             f"<li>{html.escape(line)}</li>" for line in summary["ending"]) + "</ul>")

@@ -179,11 +179,12 @@ def end_reserve(seconds: float) -> float:
 
 
 def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optional[Teacher],
-              budget_minutes: Optional[float], log: Log) -> tuple[Plan, TrainConfig]:
+              budget_minutes: Optional[float], log: Log,
+              end: Optional[float] = None) -> tuple[Plan, TrainConfig]:
     """Print how long the run will take here (measured on its first steps); with a budget,
     choose the teacher's and student's first epoch counts so that the whole run fits, and say
-    so (each fit then revises its count after every epoch: `Deadline`). Returns the plan and
-    the config to run (with those epochs)."""
+    so (each fit then revises its count after every epoch: `Deadline`); `end`: the budget's
+    `budget_end`. Returns the plan and the config to run (with those epochs)."""
     tcfg = _teacher_to_train(cfg, out)
     stand_in = copy.deepcopy(teacher)  # measuring optimises the stand-in's forward, not the run's
     if tcfg is not None:  # an untrained CNN of the teacher's architecture costs the same
@@ -191,9 +192,7 @@ def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optio
                                       small_stem=tcfg.model.small_stem, **tcfg.model.overrides),
                            tcfg.data.mean, tcfg.data.std)
         stand_in.set_student_input(cfg.data.mean, cfg.data.std, cfg.teacher.img_size)
-    budget = None
-    if budget_minutes is not None:
-        budget = budget_end(budget_minutes) - time.perf_counter()
+    budget = None if end is None else end - time.perf_counter()
     plan = plan_run(cfg, tcfg, bundle, stand_in, budget,
                     teacher_errors=teacher_settings(cfg, out / RunDir.TEACHER))
     parts = ([f"teacher {plan.teacher_epochs} epochs x {plan.teacher_epoch_seconds:.1f} s"]
@@ -287,7 +286,7 @@ def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resum
         plan, trains_teacher = None, _teacher_to_train(cfg, out) is not None
         end = budget_end(time_budget) if time_budget is not None else None
         if not resume and not d.enabled:
-            plan, cfg = plan_time(cfg, bundle, out, teacher, time_budget, log_main)
+            plan, cfg = plan_time(cfg, bundle, out, teacher, time_budget, log_main, end)
         if d.is_main and not resume:  # before the teacher: a run stopped there can be resumed
             rd.write_config(cfg)
         if not named:  # the teacher's share: what the student's planned epochs leave
@@ -416,8 +415,9 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{'wall time':<28}{summary['wall_seconds']:>9.1f}s")
     if summary.get("regime_text"):
         lines.append(f"regime: {summary['regime_text']}")
-    if fusion_line(summary):
-        lines.append(fusion_line(summary))
+    fusion = fusion_line(summary)
+    if fusion:
+        lines.append(fusion)
     lines += summary.get("ending") or []
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)

@@ -20,23 +20,21 @@ from .checkpoint import CheckpointError, atomic_write_text
 from .config import AugConfig, Fusion
 from .data import build_eval_transform
 from .data.sources import load_image
+from .distill import recorded_weight
 from .export import FusedHeads, load_for_inference
 from .runtime import resolve_device
 
 
 
-def folder_labels(inputs: list[str]) -> dict[Path, str]:
-    """image -> its class folder's name, for every input folder laid out as a labelled one
-    (images in subfolders, one per class, as in an ImageFolder split)."""
+def folder_labels(inputs: list[str], files: list[Path]) -> dict[Path, str]:
+    """image -> its class folder's name, for the `files` (from `gather_images`) that lie in a
+    subfolder of an input folder (one subfolder per class, as in an ImageFolder split)."""
     labels = {}
-    for item in inputs:
-        root = Path(item).expanduser()
-        if not root.is_dir():
-            continue
-        for sub in sorted(d for d in root.iterdir() if d.is_dir()):
-            for f in sub.rglob("*"):
-                if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS:
-                    labels[f] = sub.name
+    for root in (Path(item).expanduser() for item in inputs):
+        if root.is_dir():
+            for f in files:
+                if f.is_relative_to(root) and len(f.relative_to(root).parts) > 1:
+                    labels.setdefault(f, f.relative_to(root).parts[0])
     return labels
 
 
@@ -89,7 +87,7 @@ def predict(model_path: str, inputs: list[str], topk: int = 5, head: str = "fuse
         raise CheckpointError(f"--head {head} needs a distilled student; '{model_path}' has "
                               "one head")
     dev = resolve_device(device)
-    net = FusedHeads(model, fusion, head, meta.get("fusion_weight", 0.5)).to(dev).eval()
+    net = FusedHeads(model, fusion, head, recorded_weight(meta)).to(dev).eval()
     tf = build_eval_transform(AugConfig(eval_crop_pct=1.0), meta["img_size"], meta["mean"],
                               meta["std"])
     classes = meta.get("classes") or [str(i) for i in range(meta["num_classes"])]
@@ -97,7 +95,7 @@ def predict(model_path: str, inputs: list[str], topk: int = 5, head: str = "fuse
     files = gather_images(inputs)
     if not files:
         raise CheckpointError(f"no images found in {', '.join(inputs)}")
-    labels = folder_labels(inputs)
+    labels = folder_labels(inputs, files)
     labelled = check_folder_classes(labels, classes, model_path)
     correct = scored = 0
     records, skipped = [], []

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from .distill import MEAN_WEIGHT
+
 OVERFIT_GAP = 0.10      # training this far above validation: over-fitting
 CEILING_GAP = 0.05      # training this far below the ceiling (teacher, else 100 %): learning
 STILL_RISING = 0.01     # validation rose this much over the last quarter: still learning
@@ -127,7 +129,7 @@ def fusion_line(summary: dict) -> Optional[str]:
         return None
     w = summary["fusion_weight"]
     how = ("the class head alone" if w == 1.0 else "the distillation head alone" if w == 0.0
-           else "the plain mean" if w == 0.5 else f"the class head weighted {w:g}")
+           else "the plain mean" if w == MEAN_WEIGHT else f"the class head weighted {w:g}")
     return (f"fusion: on {summary.get('holdout_images')} held-out training images the class "
             f"head scored {100 * summary['holdout_cls_top1']:.1f} %, the distillation head "
             f"{100 * summary['holdout_dist_top1']:.1f} %, their mean "

@@ -98,8 +98,16 @@ class DistillationLoss(nn.Module):
         return {"loss": loss, "base_loss": base, "distill_loss": kd}
 
 
+MEAN_WEIGHT = 0.5  # the class head's share in the plain mean of the two heads
+
+
+def recorded_weight(meta: dict) -> float:
+    """The fusion weight a checkpoint's metadata records (older ones: the plain mean)."""
+    return meta.get("fusion_weight", MEAN_WEIGHT)
+
+
 def fuse(cls_logits: torch.Tensor, dist_logits: Optional[torch.Tensor],
-         mode: Fusion = "logits", weight: float = 0.5) -> torch.Tensor:
+         mode: Fusion = "logits", weight: float = MEAN_WEIGHT) -> torch.Tensor:
     """Fuse the two heads at inference, the class head weighted by `weight`.
 
     `logits`: w * cls + (1 - w) * dist, a logit tensor (w = 0.5, the mean: official code, timm,
@@ -112,7 +120,7 @@ def fuse(cls_logits: torch.Tensor, dist_logits: Optional[torch.Tensor],
         return cls_logits if mode == "logits" else cls_logits.softmax(-1)
     a, b = (cls_logits, dist_logits) if mode == "logits" else \
         (cls_logits.softmax(-1), dist_logits.softmax(-1))
-    if weight == 0.5:
+    if weight == MEAN_WEIGHT:
         return (a + b) / 2
     return weight * a + (1 - weight) * b
 
@@ -128,5 +136,5 @@ def choose_fusion_weight(cls_logits: torch.Tensor, dist_logits: torch.Tensor,
     acc = {w: (fuse(cls_logits, dist_logits, mode, w).argmax(-1) == labels).float().mean().item()
            for w in FUSION_WEIGHTS}
     best = max(acc.values())
-    chosen = min((w for w, a in acc.items() if a == best), key=lambda w: abs(w - 0.5))
+    chosen = min((w for w, a in acc.items() if a == best), key=lambda w: abs(w - MEAN_WEIGHT))
     return chosen, acc
