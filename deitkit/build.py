@@ -178,9 +178,11 @@ def global_lr(cfg: TrainConfig, world_size: int = 1) -> float:
 
 def build_optimizer(cfg: TrainConfig, model, lr: float, **extra):
     """timm's optimiser factory; the fused single-kernel step where torch has one. `extra`
-    goes to the optimiser (e.g. AdamW's betas)."""
+    goes to the optimiser (e.g. AdamW's betas). With `optim.layer_decay` each parameter group
+    carries timm's `lr_scale`, which timm's schedulers apply at every update."""
     kwargs = dict(opt=cfg.optim.opt, lr=lr, weight_decay=cfg.optim.weight_decay,
-                  momentum=cfg.optim.momentum, filter_bias_and_bn=True, **extra)
+                  momentum=cfg.optim.momentum, filter_bias_and_bn=True,
+                  layer_decay=cfg.optim.layer_decay, **extra)
     if cfg.optim.fused and cfg.optim.opt.lower() in FUSED_OPTIMIZERS:
         try:
             return create_optimizer_v2(model, fused=True, **kwargs)
@@ -365,7 +367,7 @@ def build_run(cfg: TrainConfig, role: Role, bundle: DatasetBundle, *, dist_info:
     if role == "teacher":  # a CNN learns from the labels: fine-tuned from weights when given
         teacher, store = None, None
         if fresh:
-            for line in init_cnn(model, cfg.model.weights, hub):
+            for line in init_cnn(model, cfg.model.weights, hub, classes=bundle.classes):
                 log(f"teacher init: {line}")
     elif fresh:
         for line in load_pretrained(model, cfg.model.weights, hub, classes=bundle.classes):

@@ -267,6 +267,9 @@ class OptimConfig:
     """Learning rate at the start of warm-up."""
     min_lr: float = 1e-5
     """Learning rate at the end of the cosine."""
+    layer_decay: Optional[float] = None
+    """Layer-wise lr decay (timm's layer groups): the classifier gets the full lr, each group
+    below it `layer_decay` times the one above (BEiT, Bao et al. 2021). None: one lr for all."""
     fused: bool = True
     """Use the fused (one kernel) optimiser step where torch has one (AdamW, Adam, SGD on CPU
     and GPU); others fall back to the foreach implementation."""
@@ -573,6 +576,8 @@ def validate(cfg: TrainConfig) -> None:
         ("distill.alpha", 0.0 <= cfg.distill.alpha <= 1.0, "in [0, 1]"),
         ("distill.tau", cfg.distill.tau > 0, "positive"),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, "non-negative"),
+        ("optim.layer_decay", cfg.optim.layer_decay is None or 0.0 < cfg.optim.layer_decay <= 1.0,
+         "empty (one lr) or in (0, 1]"),
         ("eval_every", cfg.eval_every >= 1, "at least 1"),
         ("distill.store_verify_batches", cfg.distill.store_verify_batches >= -1,
          "-1 (all), 0 (none) or a count"),

@@ -35,7 +35,8 @@ from .models import Teacher, create_cnn, create_teacher
 from .models.teacher import check_class_names
 from .plan import Deadline, Plan, plan_run
 from .regime import fusion_line
-from .rundir import RunDir, no_empty_folder_left, open_run
+from .checkpoint import safe_torch_load
+from .rundir import RunDir, no_empty_folder_left, open_run, resolve_checkpoint
 from .runtime import Log, autocast, quiet
 
 
@@ -126,6 +127,28 @@ def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
     check_class_names(teacher.classes, bundle.classes, f"the teacher '{cfg.teacher.name}'"
                       if cfg.teacher.name else "the teacher")
     return teacher
+
+
+def with_teacher_size(cfg: TrainConfig, log: Log) -> TrainConfig:
+    """A named deitkit teacher (run folder or checkpoint) trained at another size than the
+    student's is fed its own size when `teacher.img_size` is left empty: a CNN fine-tuned at
+    64 px and handed 32-px batches loses what its resolution bought. Said in one line."""
+    t = cfg.teacher
+    path = Path(t.name).expanduser() if t.name else None
+    if (t.img_size is not None or path is None
+            or not (path.is_dir() or path.suffix in (".pt", ".pth"))):
+        return cfg  # given, or a hub name (no recorded size)
+    if not path.exists():
+        return cfg  # create_teacher names the missing file
+    obj = safe_torch_load(resolve_checkpoint(path, what="teacher folder"))
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    size = meta.get("img_size") if isinstance(meta, dict) else None
+    if not size or size == cfg.data.img_size:
+        return cfg
+    log(f"teacher: '{t.name}' was trained at {size} px, so the student's {cfg.data.img_size}-px "
+        f"batches are resized to {size} for it (teacher.img_size={cfg.data.img_size} keeps the "
+        "student's size)")
+    return replace_keys(cfg, **{"teacher.img_size": size})
 
 
 def _store_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
@@ -261,6 +284,7 @@ def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resum
     (named, stored or trained here), the plan, then `fit`."""
     log_main = log if d.is_main else quiet
     out = rd.path
+    cfg = with_teacher_size(cfg, log_main)
     bundle = load_bundle(cfg)
     # the student's settings are checked before any work (a teacher may train for long
     # first): built on the meta device, shapes only (a tenth of the time, no memory)
@@ -339,6 +363,7 @@ def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
     if not 1 <= k <= bundle.num_classes:
         raise ConfigError(f"topk must be in 1..{bundle.num_classes} (the class count), got {k}")
     loader, _ = build_loaders(cfg, bundle, device, dist_info=d)
+    cfg = with_teacher_size(cfg, log if d.is_main else quiet)
     teacher = get_teacher(cfg, bundle, root, log=log if d.is_main else quiet, dist_info=d)
     if teacher is None:
         raise ConfigError("recording a teacher store needs a teacher: give --teacher, or let "

@@ -10,6 +10,7 @@ import torchvision
 from deitkit import build_config
 from deitkit.build import build_run, load_bundle
 from deitkit.checkpoint import CheckpointError
+from deitkit.config import ConfigError
 from deitkit.cli import main
 from deitkit.distributed import DistInfo
 
@@ -119,6 +120,14 @@ def test_deitkit_train_fine_tunes_its_teacher_at_its_size_and_says_so(timm_file,
     assert tconf["model"]["weights"] == str(timm_file) and tconf["data"]["img_size"] == 48
     ckpt = torch.load(out / "teacher" / "checkpoint-last.pt", weights_only=True)
     assert ckpt["meta"]["img_size"] == 48
+    # handed to another run with --teacher: fed the size it was trained at, and said so
+    again = tmp_path / "again"
+    assert main(["train", "--out", str(again), "--epochs", "1", "--no-progress", "amp=off",
+                 "data.train_fraction=0.1", "eval_train_images=0",
+                 "--teacher", str(out / "teacher")]) == 0
+    assert "was trained at 48 px, so the student's 32-px batches are resized to 48" \
+        in capsys.readouterr().out
+    assert yaml.safe_load((again / "config.yaml").read_text())["teacher"]["img_size"] == 48
 
 
 def test_a_teacher_at_twice_the_size_sees_the_batch_resized_on_the_device():
@@ -157,3 +166,54 @@ def test_a_store_recorded_for_another_teacher_size_is_refused():
         wanted = fingerprint(build_config("quickstart", overrides=other), bundle, 1, "abc")
         with pytest.raises(StoreError, match="teacher_img_size"):
             check_fingerprint(recorded, wanted, "S")
+
+
+def test_layer_decay_scales_each_group_below_the_head_and_the_schedule_keeps_it():
+    """optim.layer_decay: the classifier at the scheduled lr, each timm layer group below it
+    `layer_decay` times the one above, through warm-up and cosine (timm's lr_scale)."""
+    from deitkit.build import build_optimizer, build_scheduler
+    model = timm.create_model("resnet10t", num_classes=3)
+    for decay in (None, 0.5):
+        cfg = build_config("cnn-finetune", overrides=[f"optim.layer_decay={decay or 'null'}"])
+        opt = build_optimizer(cfg, model, lr=0.01)
+        sched = build_scheduler(cfg, opt, updates_per_epoch=4)
+        for update in (0, 3, 17):
+            sched.step_update(update)
+            lrs = sorted({float(f"{g['lr']:.9e}") for g in opt.param_groups})
+            if decay is None:
+                assert len(lrs) == 1
+                continue
+            top = max(lrs)
+            assert len(lrs) >= 4  # stem, stages and head apart
+            assert lrs == pytest.approx(sorted(top * decay ** k for k in range(len(lrs))), rel=1e-6)
+            head = {id(p) for p in model.get_classifier().parameters()}
+            assert all(g["lr"] == pytest.approx(top) for g in opt.param_groups
+                       if any(id(p) in head for p in g["params"]))
+
+
+def test_layer_decay_out_of_range_is_named():
+    with pytest.raises(ConfigError, match="optim.layer_decay"):
+        build_config("cnn-finetune", overrides=["optim.layer_decay=1.5"])
+
+
+@pytest.mark.parametrize("same_names", [True, False])
+def test_a_deitkit_checkpoint_of_other_classes_keeps_its_body_not_its_classifier(tmp_path,
+                                                                                  same_names):
+    """Five classes into five others (the pretraining emulation of docs/finetune.md): the
+    counts match, the names do not, so the classifier starts fresh; the same names keep it.
+    The run folder is accepted as the weights, as for students."""
+    from deitkit.models.teacher import init_cnn
+    torch.manual_seed(0)
+    source = timm.create_model("resnet10t", num_classes=3)
+    ours = ["a", "b", "c"]
+    folder = tmp_path / "pre"
+    folder.mkdir()
+    torch.save({"model": source.state_dict(), "epoch": 3,
+                "meta": {"role": "teacher", "classes": ours if same_names else ["x", "y", "z"]}},
+               folder / "checkpoint-best.pt")
+    model = timm.create_model("resnet10t", num_classes=3)
+    lines = init_cnn(model, str(folder), classes=ours)
+    mine, theirs = model.state_dict(), source.state_dict()
+    assert torch.equal(mine["conv1.0.weight"], theirs["conv1.0.weight"])
+    assert torch.equal(mine["fc.weight"], theirs["fc.weight"]) is same_names
+    assert any("trained on the classes ['x', 'y', 'z']" in line for line in lines) is not same_names

@@ -20,7 +20,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.fx.experimental.optimization import optimize_for_inference
 
-from ..checkpoint import CheckpointError, load_checkpoint, load_state_file, unwrap_state
+from ..checkpoint import (CheckpointError, load_checkpoint, load_state_file, safe_torch_load,
+                          state_of, unwrap_state)
 from .pretrained import hub_state
 from ..rundir import resolve_checkpoint
 from .student import create_student
@@ -259,7 +260,7 @@ def _hub_cnn_state(name: str) -> dict:
 
 
 def init_cnn(model: nn.Module, weights: Optional[str] = None,
-             hub_name: Optional[str] = None) -> list[str]:
+             hub_name: Optional[str] = None, classes: Optional[list] = None) -> list[str]:
     """Fine-tuning's start: load a timm/torchvision/deitkit weights file (`weights_only`, or
     safetensors) or the hub weights of `hub_name` into CNN `model`, built for the data's
     classes. Every tensor whose name and shape match is loaded; the classifier is
@@ -267,9 +268,20 @@ def init_cnn(model: nn.Module, weights: Optional[str] = None,
     teacher); any other difference is an error naming the keys and shapes. Returns what was
     done, one line each.
 
+    `classes`: the data's class names; a deitkit checkpoint trained on other names of the
+    same count keeps its body but not its classifier.
+
     Written here because timm's `create_model(pretrained=True, num_classes=N)` drops a
     mismatched classifier without a word, and torchvision's loaders refuse any mismatch."""
-    if weights:
+    theirs = None
+    if weights and Path(weights).expanduser().is_dir():  # a deitkit teacher run folder
+        weights = str(resolve_checkpoint(Path(weights).expanduser(), what="model.weights folder"))
+    if weights and Path(weights).suffix != ".safetensors":
+        obj = safe_torch_load(Path(weights).expanduser())
+        meta = obj.get("meta") if isinstance(obj, dict) else None
+        theirs = meta.get("classes") if isinstance(meta, dict) else None
+        state, source = unwrap_state(state_of(obj, weights)), f"'{weights}'"
+    elif weights:
         state, source = unwrap_state(load_state_file(weights)), f"'{weights}'"
     elif hub_name:
         state, source = unwrap_state(_hub_cnn_state(hub_name)), f"the hub weights of {hub_name}"
@@ -279,7 +291,8 @@ def init_cnn(model: nn.Module, weights: Optional[str] = None,
     head = set(classifier_keys(model))
     shape = {k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)}
     missing = {k for k in own if k not in state}
-    reinit = sorted((shape | missing) & head)
+    renamed = classes is not None and theirs is not None and list(theirs) != list(classes)
+    reinit = sorted(head if renamed else (shape | missing) & head)
     bad = sorted(shape - head)
     if bad:
         hint = (" (the file has an ImageNet stem; this model a CIFAR stem: set "
@@ -298,7 +311,10 @@ def init_cnn(model: nn.Module, weights: Optional[str] = None,
     load = {k: v for k, v in state.items() if k in own and k not in reinit}
     model.load_state_dict(load, strict=False)
     lines = [f"loaded {len(load)} of {len(own)} tensors from {source}"]
-    if reinit:
+    if reinit and renamed:
+        lines.append(f"classifier re-initialised ({', '.join(reinit)}): the weights were "
+                     f"trained on the classes {list(theirs)}, this data's are {list(classes)}")
+    elif reinit:
         was = [tuple(state[k].shape) for k in reinit if k in state]
         lines.append(f"classifier re-initialised for the data's classes: {', '.join(reinit)}"
                      + (f" (the file's: {', '.join(map(str, was))})" if was else ""))
