@@ -50,7 +50,7 @@ from .distill.sources import OnlineTeacher, StoredTeacher
 from .distill.store import TeacherStore
 from .build import build_step
 from .engine import evaluate, train_one_epoch
-from .runtime import cpu_has_native_bf16, resolve_device
+from .runtime import BF16_MARGIN, cpu_has_native_bf16, precision_choice, resolve_device
 from .models import Teacher, create_cnn, create_student, tune_attention
 
 
@@ -335,12 +335,30 @@ def speed_ratios(ips: dict[str, float], variants: list[Variant], precs: list[str
             "stored_over_nodistill_precision": stored_p}
 
 
+def auto_precision(ips: dict, device: torch.device, native: bool) -> dict:
+    """What `amp=auto` would choose for a run like this bench's, and why: on a CPU the rule
+    a run's own probe applies (runtime.precision_choice), here to the bench's distillation
+    step; on a GPU the fixed rule."""
+    if device.type == "cuda":
+        return {"choice": "bf16" if native else "fp16",
+                "why": "on a GPU by rule: bf16 where supported, else fp16"}
+    if not native:
+        return {"choice": "fp32", "why": "this CPU has no native bf16 instructions"}
+    if "ours_bf16" not in ips:
+        return {"choice": None, "why": "bf16 not measured here (--precisions without bf16)"}
+    speed = ips["ours_bf16"] / ips["ours_fp32"]
+    return {"choice": precision_choice(1 / ips["ours_fp32"], 1 / ips["ours_bf16"]),
+            "bf16_speed_vs_fp32": speed,
+            "why": f"the distillation step measured {speed:.2f}x fp32's speed in bf16 here; "
+                   f"bf16 is chosen from {1 / BF16_MARGIN:.2f}x (each run probes its own shapes)"}
+
+
 def run_bench(cfg: BenchConfig, log=print) -> dict:
     device = resolve_device(cfg.device)
     precisions = cfg.precisions
+    native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+              else cpu_has_native_bf16())
     if precisions == "auto":
-        native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
-                  else cpu_has_native_bf16())
         precisions = "fp32,bf16" if native else "fp32"
     precs = [p.strip() for p in precisions.split(",")]
     amp = {"fp32": None, "bf16": torch.bfloat16}
@@ -431,6 +449,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         "config": asdict(cfg), "device": str(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "timm": __import__("timm").__version__,
         **speed_ratios(ips, variants, precs),
+        "amp_auto": auto_precision(ips, device, native),
         "student_step_gflop": student_flops / 1e9, "teacher_forward_gflop": teacher_flops / 1e9,
         "matmul_peak_fp32_gflops": peak_fp32 / 1e9,
         "matmul_peak_bf16_gflops": None if peak_bf16 is None else peak_bf16 / 1e9,
@@ -466,7 +485,9 @@ def format_bench(res: dict) -> str:
              f"{'training step':<30}{'images/s':>10}{'vs reference':>14}", "-" * 54]
     for k, v in ips.items():
         lines.append(f"{k:<30}{v:>10.1f}{ratio[k]:>13.2f}x")
-    lines += ["", f"{'ratio_fp32_vs_reference':<40}{res['ratio_fp32_vs_reference']:>8.2f}",
+    auto = res["amp_auto"]
+    lines += ["", f"amp=auto would choose {auto['choice'] or 'unknown'}: {auto['why']}",
+              f"{'ratio_fp32_vs_reference':<40}{res['ratio_fp32_vs_reference']:>8.2f}",
               f"{'ratio_best_vs_reference':<40}{res['ratio_best_vs_reference']:>8.2f}"
               f"  ({res['best_configuration']})",
               f"{'stored_over_nodistill (time)':<40}{res['stored_over_nodistill']:>8.2f}"

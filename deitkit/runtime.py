@@ -57,7 +57,13 @@ def cpu_name() -> str:
 
 
 AMP_CACHE = "~/.cache/deitkit/amp.json"   # DEITKIT_AMP_CACHE overrides
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # caps that change the measurement
 BF16_MARGIN = 0.95  # bf16 is chosen only when it takes at most 95 % of fp32's time
+
+
+def precision_choice(fp32_seconds: float, bf16_seconds: float) -> str:
+    """The CPU rule of `amp=auto`: "bf16" when it takes at most BF16_MARGIN of fp32's time."""
+    return "bf16" if bf16_seconds <= BF16_MARGIN * fp32_seconds else "fp32"
 
 
 def measured_cpu_amp(key: dict, probe: Callable[[Optional[torch.dtype]], float],
@@ -65,12 +71,14 @@ def measured_cpu_amp(key: dict, probe: Callable[[Optional[torch.dtype]], float],
                      cache: Optional[str | Path] = None) -> Optional[torch.dtype]:
     """`amp=auto` on a CPU with bf16 instructions: bf16 (torch.bfloat16) or fp32 (None),
     whichever `probe` measures faster for this run's shapes (`probe(dtype)`: seconds of a few
-    training steps at that precision; 3 alternated repeats each, medians compared). On CPUs
-    with AVX-512 bf16 but no AMX tiles bf16 autocast was measured 1.5x slower than fp32, on
-    others faster, so the flags alone cannot tell. Cached under `key` plus the CPU model and
-    torch version, so that a run, its planner and its other processes agree; a file lock
+    training steps at that precision; 3 alternated repeats each, medians compared). With the
+    same flags (AVX-512 bf16, no AMX tiles) bf16 autocast was measured 1.5x slower than fp32
+    on an Intel Xeon and 1.9x faster on an AMD EPYC (docs/performance.md), so the flags alone
+    cannot tell. Cached under `key` plus the CPU model, torch version and any instruction caps
+    (ISA_LIMITS), so that a run, its planner and its other processes agree; a file lock
     keeps concurrent runs from probing twice."""
-    full = {**key, "cpu": cpu_name(), "torch": torch.__version__}
+    full = {**key, "cpu": cpu_name(), "torch": torch.__version__,
+            **{v: os.environ[v] for v in ISA_LIMITS if os.environ.get(v)}}
     k = hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache or os.environ.get("DEITKIT_AMP_CACHE", AMP_CACHE)).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +96,7 @@ def measured_cpu_amp(key: dict, probe: Callable[[Optional[torch.dtype]], float],
                 bf16.append(probe(torch.bfloat16))
             t32, t16 = statistics.median(fp32), statistics.median(bf16)
             entry = {"fp32_seconds": t32, "bf16_seconds": t16,
-                     "choice": "bf16" if t16 <= BF16_MARGIN * t32 else "fp32", **full}
+                     "choice": precision_choice(t32, t16), **full}
             data[k] = entry
             atomic_write_text(json.dumps(data, indent=1, default=str), path)
     log(f"amp: {entry['choice']} (bf16 measured {entry['fp32_seconds'] / entry['bf16_seconds']:.2f}x "

@@ -126,7 +126,7 @@ def main() -> None:
 
 def write(out: Path, res: dict, seeds) -> None:
     runs = res["runs"]
-    top = lambda name: [runs[f"{name}-s{k}"]["fused_top1"]  # noqa: E731
+    top = lambda name: [100 * runs[f"{name}-s{k}"]["fused_top1"]  # noqa: E731  points
                         for k in seeds if f"{name}-s{k}" in runs]
     cmp = {}
     n = len(top("S-ft"))

@@ -76,6 +76,21 @@ def test_bench_runs_every_configuration_on_real_steps():
     text = format_bench(res)
     for key in ("ratio_fp32_vs_reference", "ratio_best_vs_reference", "stored_over_nodistill"):
         assert f"{res[key]:.2f}" in text  # the figures printed are the figures measured
+    assert f"amp=auto would choose {res['amp_auto']['choice'] or 'unknown'}" in text
+
+
+@pytest.mark.parametrize("ips, native, want", [
+    ({"ours_fp32": 100.0, "ours_bf16": 191.0}, True, "bf16"),   # AMD EPYC here: 1.91x
+    ({"ours_fp32": 100.0, "ours_bf16": 62.0}, True, "fp32"),    # bf16 without AMX on a Xeon
+    ({"ours_fp32": 100.0, "ours_bf16": 103.0}, True, "fp32"),   # within the margin: fp32
+    ({"ours_fp32": 100.0}, False, "fp32"),                      # no bf16 instructions
+])
+def test_bench_says_which_precision_auto_would_choose_and_why(ips, native, want):
+    from deitkit.bench import auto_precision
+    got = auto_precision(ips, torch.device("cpu"), native)
+    assert got["choice"] == want
+    if "ours_bf16" in ips:
+        assert f"{ips['ours_bf16'] / ips['ours_fp32']:.2f}x" in got["why"]
 
 
 def test_bench_cli_writes_json(tmp_path):

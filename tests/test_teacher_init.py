@@ -97,7 +97,7 @@ def test_a_student_run_fine_tunes_its_teacher_with_the_finetune_recipe(timm_file
     assert teacher_recipe(cfg) == "cnn-finetune" and tcfg.recipe.name == "cnn-finetune"
     assert tcfg.model.weights == str(timm_file) and tcfg.model.name == "resnet10t"
     assert tcfg.data.img_size == 48 and cfg.data.img_size == 32     # its own resolution
-    assert tcfg.optim.lr is None and tcfg.optim.base_lr == 0.01
+    assert tcfg.optim.lr is None and tcfg.optim.base_lr == 0.03
     mine = build_config("quickstart", overrides=[f"teacher.train_weights={timm_file}",
                                                  "teacher.train_recipe=cnn-teacher"])
     assert teacher_recipe(mine) == "cnn-finetune"                   # the default gives way
