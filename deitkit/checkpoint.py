@@ -77,15 +77,16 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    """torch.load with weights_only=True and errors that name the file."""
+def safe_torch_load(path: str | Path, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True and errors that name the file. `mmap`: the tensors
+    are mapped, not read (to look at a checkpoint's meta without loading its weights)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes): an interrupted copy?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"checkpoint '{path}' was refused by the safe loader (weights_only=True): it holds "

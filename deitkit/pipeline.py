@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 
 from .build import (build_loaders, build_student, check_distillable, data_decision, load_bundle,
                     run_amp, run_device)
-from .config import (ConfigError, Role, TrainConfig, build_config, recipe_dict, replace_keys,
-                     run_changing_keys, to_dict)
+from .config import ConfigError, TrainConfig, build_config, recipe_dict, replace_keys, to_dict
 from .data import DatasetBundle, build_mixer, student_views
 from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, check_fingerprint,
                             epoch_file, fingerprint, open_store, read_meta, save_epoch,
@@ -140,7 +139,8 @@ def with_teacher_size(cfg: TrainConfig, log: Log) -> TrainConfig:
         return cfg  # given, or a hub name (no recorded size)
     if not path.exists():
         return cfg  # create_teacher names the missing file
-    obj = safe_torch_load(resolve_checkpoint(path, what="teacher folder"))
+    # the meta only: the tensors are mapped, not read (create_teacher loads them next)
+    obj = safe_torch_load(resolve_checkpoint(path, what="teacher folder"), mmap=True)
     meta = obj.get("meta") if isinstance(obj, dict) else None
     size = meta.get("img_size") if isinstance(meta, dict) else None
     if not size or size == cfg.data.img_size:

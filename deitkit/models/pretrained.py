@@ -12,8 +12,9 @@ differs, and errors that name each mismatched key and shape.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import timm
 import torch
@@ -140,6 +141,33 @@ def hub_state(name: str) -> dict:
             "model.weights=w.safetensors") from None
 
 
+@dataclass
+class WeightsFile:
+    """What a weights file holds: its state dict, and what a deitkit checkpoint recorded."""
+    path: Path
+    state: dict
+    meta: dict = field(default_factory=dict)  # empty for safetensors and foreign files
+    epoch: Any = None
+
+    @property
+    def classes(self) -> Optional[list]:
+        return self.meta.get("classes")
+
+
+def read_weights(weights: str | Path, what: str) -> WeightsFile:
+    """Read `weights`: a .safetensors/.pt/.pth/.bin file or a deitkit run folder (its best or
+    last checkpoint; `what` names the setting in the error when it has none)."""
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        path = resolve_checkpoint(path, what=what)
+    if path.suffix == ".safetensors":
+        return WeightsFile(path, load_state_file(path))
+    obj = safe_torch_load(path)
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    return WeightsFile(path, state_of(obj, path), meta if isinstance(meta, dict) else {},
+                       obj.get("epoch") if isinstance(obj, dict) else None)
+
+
 def load_pretrained(model: nn.Module, weights: Optional[str] = None,
                     hub_name: Optional[str] = None,
                     classes: Optional[list] = None) -> list[str]:
@@ -149,23 +177,13 @@ def load_pretrained(model: nn.Module, weights: Optional[str] = None,
     keeps its body but not its heads."""
     theirs = None
     if weights:
-        path = Path(weights).expanduser()
-        if path.is_dir():  # a run folder: a `deitkit pretrain` run, or a trained student
-            path = resolve_checkpoint(path, what="model.weights folder")
-        if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
-            source = f"{path} (deitkit export)"
-        else:
-            source = str(path)
-        if path.suffix == ".safetensors":
-            state = load_state_file(path)
-        else:
-            obj = safe_torch_load(path)
-            meta = obj.get("meta") if isinstance(obj, dict) else None
-            theirs = meta.get("classes") if isinstance(meta, dict) else None
-            if isinstance(meta, dict) and meta.get("role") == "pretrain":
-                source = (f"{path} (deitkit MAE pretraining of {meta.get('encoder')}, "
-                          f"epoch {obj.get('epoch')})")
-            state = state_of(obj, path)
+        w = read_weights(weights, what="model.weights folder")
+        state, theirs, meta = w.state, w.classes, w.meta
+        source = (f"{w.path} (deitkit export)" if w.path.suffix == ".safetensors"
+                  and w.path.with_suffix(".json").is_file() else str(w.path))
+        if meta.get("role") == "pretrain":
+            source = (f"{w.path} (deitkit MAE pretraining of {meta.get('encoder')}, "
+                      f"epoch {w.epoch})")
     elif hub_name:
         state, source = hub_state(hub_name), f"timm hub weights of {hub_name}"
     else:

@@ -20,9 +20,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.fx.experimental.optimization import optimize_for_inference
 
-from ..checkpoint import (CheckpointError, load_checkpoint, load_state_file, safe_torch_load,
-                          state_of, unwrap_state)
-from .pretrained import hub_state
+from ..checkpoint import CheckpointError, load_checkpoint, load_state_file, unwrap_state
+from .pretrained import hub_state, read_weights
 from ..rundir import resolve_checkpoint
 from .student import create_student
 
@@ -274,15 +273,9 @@ def init_cnn(model: nn.Module, weights: Optional[str] = None,
     Written here because timm's `create_model(pretrained=True, num_classes=N)` drops a
     mismatched classifier without a word, and torchvision's loaders refuse any mismatch."""
     theirs = None
-    if weights and Path(weights).expanduser().is_dir():  # a deitkit teacher run folder
-        weights = str(resolve_checkpoint(Path(weights).expanduser(), what="model.weights folder"))
-    if weights and Path(weights).suffix != ".safetensors":
-        obj = safe_torch_load(Path(weights).expanduser())
-        meta = obj.get("meta") if isinstance(obj, dict) else None
-        theirs = meta.get("classes") if isinstance(meta, dict) else None
-        state, source = unwrap_state(state_of(obj, weights)), f"'{weights}'"
-    elif weights:
-        state, source = unwrap_state(load_state_file(weights)), f"'{weights}'"
+    if weights:
+        w = read_weights(weights, what="model.weights folder")
+        state, theirs, source = unwrap_state(w.state), w.classes, f"'{w.path}'"
     elif hub_name:
         state, source = unwrap_state(_hub_cnn_state(hub_name)), f"the hub weights of {hub_name}"
     else:
