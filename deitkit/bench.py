@@ -77,6 +77,12 @@ class BenchConfig:
     """`fp32`, `bf16`, `fp32,bf16`, or `auto` (bf16 added where the device runs it natively)."""
     matmul_size: int = 0
     """Side of the square matmul that measures the peak (0: 2048 on CPU, 8192 on GPU)."""
+    e2e: bool = False
+    """Also time whole `deitkit train` runs (E2E_EPOCHS epochs on E2E_IMAGES generated JPEGs
+    of the bench's size; its student and a random-weight teacher of its name; the DeiT
+    augmentation, hard distillation, fp32), data on the device and with workers: epoch
+    seconds, images/s and whole-run seconds in the JSON's `e2e`. The peer side, timm's
+    train.py, is run by scripts/cpu_e2e.sh (not part of the package)."""
 
 
 class _MemoryStore(TeacherStore):
@@ -151,7 +157,7 @@ def _our_variant(cfg: BenchConfig, device, amp_dtype, kind: str, teacher_sd, mix
         t = create_cnn(cfg.teacher, cfg.num_classes)
         t.load_state_dict(teacher_sd)
         teacher = Teacher(t, (0.5,) * 3, (0.5,) * 3, name=cfg.teacher).to(device)
-        teacher.optimize(device, amp_dtype)
+        teacher.optimize(device, amp_dtype, (cfg.batch_size, 3, cfg.img_size, cfg.img_size))
         source = OnlineTeacher(teacher, device, amp_dtype)
     elif kind == "stored":
         source = StoredTeacher(_MemoryStore(cfg.steps + cfg.warmup, cfg.batch_size,
@@ -519,8 +525,44 @@ def format_bench(res: dict) -> str:
     return "\n".join(lines)
 
 
+E2E_IMAGES, E2E_EPOCHS = 512, 2
+
+
+def bench_e2e(cfg: BenchConfig, log=print) -> dict:
+    """Whole short `deitkit train` runs at the bench's shapes (see BenchConfig.e2e)."""
+    from .config import build_config
+    from .pipeline import train  # the whole run: imported here, where it is used
+    from .rundir import RunDir
+    res = {"images": E2E_IMAGES, "epochs": E2E_EPOCHS, "amp": "off (fp32)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _jpeg_folder(Path(tmp) / "data", E2E_IMAGES, cfg.img_size)
+        for name, on_device in (("device", "true"), ("workers", "false")):
+            out = Path(tmp) / name
+            tcfg = build_config("small-data-cpu", overrides=[
+                f"data.name={data}", f"data.img_size={cfg.img_size}",
+                f"data.batch_size={cfg.batch_size}", f"data.num_workers={cfg.workers}",
+                f"data.on_device={on_device}", f"model.name={cfg.model}",
+                f"teacher.name={cfg.teacher}", "aug.stack=deit", "aug.crop=rrc",
+                "distill.kind=hard", "amp=off", f"device={cfg.device}",
+                f"epochs={E2E_EPOCHS}", f"eval_every={E2E_EPOCHS}", f"out={out}"])
+            t0 = time.perf_counter()
+            train(tcfg, log=lambda *a, **k: None)
+            wall = time.perf_counter() - t0
+            secs = [r["epoch_seconds"] for r in RunDir(out).read_metrics() if "epoch_seconds" in r]
+            epoch = statistics.median(secs[1:] or secs)
+            res[name] = {"epoch_seconds": round(epoch, 3),
+                         "images_per_second": round(E2E_IMAGES / epoch, 1),
+                         "wall_seconds": round(wall, 1)}
+            log(f"  e2e {name}: {epoch:.2f} s per epoch ({E2E_IMAGES / epoch:.0f} img/s), "
+                f"{wall:.1f} s for the whole {E2E_EPOCHS}-epoch run")
+    return res
+
+
 def main_bench(cfg: BenchConfig, json_path: Optional[str] = None, log=print) -> dict:
     res = run_bench(cfg, log=log)
+    if cfg.e2e:
+        log("e2e: whole `deitkit train` runs")
+        res["e2e"] = bench_e2e(cfg, log)
     log(format_bench(res))
     if json_path:
         Path(json_path).write_text(json.dumps(res, indent=2) + "\n")

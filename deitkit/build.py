@@ -141,6 +141,11 @@ def run_meta(cfg: TrainConfig, role: Role, bundle: DatasetBundle) -> dict:
                               else cfg.distill.fusion_weight), "deitkit_format": 1}
 
 
+def student_batch_shape(cfg: TrainConfig) -> tuple[int, int, int, int]:
+    """One process's training batch as the student (and the teacher) receives it."""
+    return (cfg.data.batch_size, 3, cfg.data.img_size, cfg.data.img_size)
+
+
 def build_student(cfg: TrainConfig, num_classes: int):
     return create_student(cfg.model.name, num_classes=num_classes, img_size=cfg.data.img_size,
                           patch_size=cfg.model.patch_size, drop_path_rate=cfg.model.drop_path,
@@ -214,7 +219,7 @@ def teacher_source(cfg: TrainConfig, device: torch.device, amp_dtype: Optional[t
     if teacher is not None:
         teacher.to(device)
         if cfg.teacher.optimize:
-            log(f"teacher forward: {teacher.optimize(device, amp_dtype)}")
+            log(f"teacher forward: {teacher.optimize(device, amp_dtype, student_batch_shape(cfg))}")
         source = OnlineTeacher(teacher, device, amp_dtype)
     if store is not None:
         if steps_per_epoch is not None:
@@ -277,7 +282,7 @@ def _step_probe(cfg: TrainConfig, role: Role, num_classes: int, teacher: Optiona
     a random batch, plus the teacher's forward, after one untimed step."""
     models = {}
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(cfg.data.batch_size, 3, cfg.data.img_size, cfg.data.img_size, generator=g)
+    x = torch.randn(student_batch_shape(cfg), generator=g)
     t_model = None
     if teacher is not None:
         try:  # a teacher by name, or the CNN the run will train; a folder or file: not probed

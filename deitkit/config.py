@@ -205,9 +205,10 @@ class TeacherConfig:
     train_overrides: list = field(default_factory=list)
     """Dotted overrides for that CNN's run, e.g. `["model.small_stem=false"]`."""
     optimize: bool = True
-    """Run the frozen teacher faster: on a CPU at fp32, BatchNorm folded into the convolutions
-    and oneDNN layouts (torch.fx `optimize_for_inference`); elsewhere channels_last. Outputs
-    equal the plain model's to float rounding (tested)."""
+    """Run the frozen teacher's forward the way measured fastest for the run's batch and
+    precision: plain, channels_last, or (on a CPU at fp32) BatchNorm folded into the
+    convolutions with oneDNN layouts (torch.fx `optimize_for_inference`, kept only where its
+    outputs equal the plain model's to float rounding). The choice and its figures are logged."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .build import (build_loaders, build_student, check_distillable, data_decision, load_bundle,
-                    run_amp, run_device)
+                    run_amp, run_device, student_batch_shape)
 from .config import ConfigError, TrainConfig, build_config, recipe_dict, replace_keys, to_dict
 from .data import DatasetBundle, build_mixer, student_views
 from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, check_fingerprint,
@@ -370,7 +370,7 @@ def record_store(cfg: TrainConfig, out: str | Path, topk: Optional[int] = None,
                           "deitkit train one (leave teacher.name empty)")
     teacher.to(device)
     digest = teacher.digest
-    teacher.optimize(device, amp_dtype)
+    teacher.optimize(device, amp_dtype, student_batch_shape(cfg))
     mixer = build_mixer(cfg.aug, bundle.num_classes)
     views = data_decision(cfg, bundle, device).views
     meta = {"format": STORE_FORMAT, "fingerprint": fingerprint(cfg, bundle, d.world, digest, views),

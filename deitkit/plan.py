@@ -68,8 +68,9 @@ def measure_epoch(cfg: TrainConfig, role: str, bundle: DatasetBundle,
                             num_classes=bundle.num_classes, device=device, amp_dtype=amp_dtype,
                             lr=1e-4, source=source)
     optimizer = step.optimizer
-    workers = cfg.data.num_workers
-    prefetched = 2 * workers  # the DataLoader's default prefetch: 2 batches per worker
+    # the DataLoader's default prefetch: 2 batches per worker; the loader of data on the
+    # device has none (it augments each batch when asked), so one warm-up step is enough
+    prefetched = 2 * getattr(train_loader, "num_workers", 0)
     it = iter(train_loader)
     warm = min(1 + prefetched, len(train_loader) - 1)
     train_one_epoch(step, _Counted(islice(it, warm), warm), device, 0, opts)  # start, warm-up

@@ -118,3 +118,20 @@ def test_the_bench_memory_store_reads_as_the_same_targets_from_files(tmp_path):
         a, b = mem.log_probs(0, step, device="cpu"), files.log_probs(0, step, device="cpu")
         assert a.shape == (3, 5) and torch.equal(a, b)
         assert torch.allclose(a.exp().sum(-1), torch.ones(3), atol=1e-5)
+
+
+def test_bench_e2e_times_whole_runs_both_ways(monkeypatch):
+    """--e2e: two whole `deitkit train` runs (data on the device, worker loader), their
+    epoch time, images/s and whole-run time; the run takes longer than its epochs."""
+    import deitkit.bench as bench
+    monkeypatch.setattr(bench, "E2E_IMAGES", 24)
+    cfg = BenchConfig(img_size=16, batch_size=8, workers=0, teacher="resnet10t", device="cpu",
+                      e2e=True)
+    lines = []
+    res = bench.bench_e2e(cfg, log=lines.append)
+    assert res["images"] == 24 and res["epochs"] == bench.E2E_EPOCHS
+    for name in ("device", "workers"):
+        r = res[name]
+        assert r["images_per_second"] == pytest.approx(24 / r["epoch_seconds"], rel=0.05)
+        assert r["wall_seconds"] > bench.E2E_EPOCHS * r["epoch_seconds"] * 0.9
+    assert any("e2e device" in x for x in lines) and any("e2e workers" in x for x in lines)

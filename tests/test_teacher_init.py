@@ -147,7 +147,7 @@ def test_a_teacher_at_twice_the_size_sees_the_batch_resized_on_the_device():
         want = cnn(resized)
         assert not torch.allclose(cnn(x), want, atol=1e-3)           # the size matters
     assert torch.allclose(teacher(x), want, atol=1e-5)
-    teacher.optimize(torch.device("cpu"), None)                      # BatchNorm folded: same
+    teacher.optimize(torch.device("cpu"), None, x.shape)             # BatchNorm folded: same
     assert torch.allclose(teacher(x), want, atol=1e-4)
     teacher.set_student_input(mean, std, 16)                         # shrinking: antialiased
     with torch.no_grad():
@@ -217,3 +217,47 @@ def test_a_deitkit_checkpoint_of_other_classes_keeps_its_body_not_its_classifier
     assert torch.equal(mine["conv1.0.weight"], theirs["conv1.0.weight"])
     assert torch.equal(mine["fc.weight"], theirs["fc.weight"]) is same_names
     assert any("trained on the classes ['x', 'y', 'z']" in line for line in lines) is not same_names
+
+
+def test_the_teacher_forward_is_the_one_measured_fastest_and_says_so():
+    """Teacher.optimize times each candidate forward and keeps the fastest; `fastest_of`
+    itself ranks by measured time (a candidate that sleeps longer loses)."""
+    import time as clock
+
+    from deitkit.models import Teacher
+    from deitkit.models.teacher import fastest_of
+    secs = fastest_of({"slow": lambda: clock.sleep(0.03), "fast": lambda: clock.sleep(0.001)})
+    assert min(secs, key=secs.get) == "fast" and secs["slow"] > 0.025
+    calls = []
+    fastest_of({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"]                   # warm-up, then alternated
+    torch.manual_seed(0)
+    cnn = timm.create_model("resnet10t", num_classes=5).eval()
+    teacher = Teacher(cnn, (0.5,) * 3, (0.5,) * 3)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        want = cnn(x)
+    line = teacher.optimize(torch.device("cpu"), None, x.shape)
+    assert teacher.optimized in ("plain", "channels_last", "fx-onednn")
+    assert line.startswith(teacher.optimized) and "the speed of the plain forward" in line
+    assert "fx-onednn" in line and "channels_last" in line               # both were timed
+    assert torch.allclose(teacher(x), want, atol=1e-4)
+
+def test_a_teacher_torch_fx_cannot_trace_keeps_a_plain_forward_and_says_why():
+    from deitkit.models import Teacher
+
+    class Branchy(torch.nn.Module):  # control flow on a value: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.conv(x).mean((2, 3))
+            return self.fc(y if y.sum() > 0 else -y)
+    model = Branchy().eval()
+    teacher = Teacher(model, (0.5,) * 3, (0.5,) * 3)
+    x = torch.randn(4, 3, 16, 16)
+    line = teacher.optimize(torch.device("cpu"), None, x.shape)
+    assert "torch.fx oneDNN left out" in line and teacher.optimized != "fx-onednn"
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), model(x), atol=1e-5)

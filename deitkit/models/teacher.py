@@ -7,8 +7,10 @@ another mean/std.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
+import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -53,7 +55,7 @@ class Teacher(nn.Module):
         self.input_size: Optional[int] = None  # resize the batch to this side first (None: no)
         self.classes: Optional[list] = None  # the class names it was trained on, when known
         self._digest: Optional[str] = None
-        self._plain: Optional[nn.Module] = None  # kept until the optimised model is checked
+        self.channels_last = False  # the model's input in channels_last (optimize decides)
         self.optimized = "no"
         self.eval()
 
@@ -64,30 +66,67 @@ class Teacher(nn.Module):
             self._digest = teacher_digest(self.model)
         return self._digest
 
-    def optimize(self, device: torch.device, amp_dtype: Optional[torch.dtype]) -> str:
-        """Make the frozen forward faster; returns what was done.
+    def optimize(self, device: torch.device, amp_dtype: Optional[torch.dtype],
+                 shape: Sequence[int]) -> str:
+        """Make the frozen forward faster, the way measured fastest here; returns what was
+        chosen, with the figures.
 
-        CPU at fp32: torch.fx `optimize_for_inference` folds BatchNorm into the convolutions
-        and keeps activations in oneDNN's blocked layout between them (1.4-1.5x on ResNet-18
-        at 64 px on 2 cores, measured). Otherwise (bf16, GPU): channels_last, which oneDNN's
-        bf16 convolutions and cuDNN need to be fast. A model that torch.fx cannot trace keeps
-        its plain forward. Call after `.to(device)`; the digest is taken first."""
+        Candidates: the plain model; a copy in channels_last (what oneDNN's bf16 convolutions
+        and cuDNN are fastest with, but not always at fp32 on a CPU); on a CPU at fp32, torch.fx
+        `optimize_for_inference`, which folds BatchNorm into the convolutions and keeps
+        activations in oneDNN's blocked layout (1.4-1.5x on ResNet-18 at 64 px on 2 cores,
+        measured), kept only if its outputs agree with the plain model's (some blocks, e.g.
+        squeeze-excitation, trace but fail in oneDNN). Each is timed (`fastest_of`) on a random
+        batch of the student's `shape` (batch, 3, H, W), resized as the teacher reads it, at
+        the run's precision. Call after `.to(device)`; the digest is taken first."""
         _ = self.digest
+        g = torch.Generator().manual_seed(0)
+        x = self._prepare(torch.randn(tuple(shape), generator=g).to(device))
+        plain, notes = self.model, []
+        candidates = {"plain": (plain, False),
+                      "channels_last": (copy.deepcopy(plain).to(memory_format=torch.channels_last),
+                                        True)}
         if device.type == "cpu" and amp_dtype is None:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    fast = optimize_for_inference(self.model)
-                # checked against the plain model on the first batch (see forward)
-                self._plain, self.model = self.model, fast
-                self.optimized = "fx-onednn"
-                return self.optimized
-            except Exception as e:  # noqa: BLE001 - any tracing failure: keep the plain model
-                self.optimized = f"plain ({type(e).__name__} in torch.fx)"
-                return self.optimized
-        self.model.to(memory_format=torch.channels_last)
-        self.optimized = "channels_last"
-        return self.optimized
+                with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+                    warnings.simplefilter("ignore")  # torch.fx prints and warns as it traces
+                    fast = optimize_for_inference(plain)
+                    with torch.inference_mode():
+                        ok = torch.allclose(fast(x), plain(x), rtol=1e-3, atol=1e-4)
+                if ok:
+                    candidates["fx-onednn"] = (fast, False)
+                else:
+                    notes.append("torch.fx oneDNN left out: its outputs differ")
+            except Exception as e:  # noqa: BLE001 - any tracing or oneDNN failure: left out
+                notes.append(f"torch.fx oneDNN left out: {type(e).__name__}")
+
+        def forward(model: nn.Module, channels_last: bool):
+            y = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+            def run() -> None:
+                with torch.inference_mode(), torch.autocast(
+                        device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+                    model(y)
+            return run
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        secs = fastest_of({n: forward(*c) for n, c in candidates.items()}, sync=sync)
+        best = min(secs, key=secs.get)
+        self.model, self.channels_last = candidates[best]
+        self.optimized = best
+        others = ", ".join(f"{n} {secs['plain'] / t:.2f}x" for n, t in secs.items() if n != "plain")
+        return (f"{best} (measured on a batch of {shape[0]}: {others} the speed of the plain "
+                f"forward{''.join('; ' + n for n in notes)})")
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's batch as the teacher reads it: re-normalised, resized."""
+        if self.renormalize:
+            x = x * self.scale + self.shift
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size,) * 2:
+            x = torch.nn.functional.interpolate(x, size=(self.input_size,) * 2,
+                                                mode="bilinear", align_corners=False,
+                                                antialias=True)
+        return x
 
     def set_student_input(self, mean: Sequence[float], std: Sequence[float],
                           size: Optional[int] = None) -> None:
@@ -106,34 +145,29 @@ class Teacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            if self.renormalize:
-                x = x * self.scale + self.shift
-            if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size,) * 2:
-                x = torch.nn.functional.interpolate(x, size=(self.input_size,) * 2,
-                                                    mode="bilinear", align_corners=False,
-                                                    antialias=True)
-            if self.optimized == "channels_last":
+            x = self._prepare(x)
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self._plain is not None:
-                return self._first_optimized_call(x).clone()
             out = self.model(x)
         return out.clone()  # a normal tensor again: the loss may save it for backward
 
-    def _first_optimized_call(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the torch.fx-optimised model once next to the plain one; keep it only if it
-        runs and agrees (some blocks, e.g. squeeze-excitation, trace but fail in oneDNN)."""
-        plain, self._plain = self._plain, None
-        want = plain(x)
-        try:
-            with contextlib.redirect_stderr(io.StringIO()):  # torch.fx prints the trace too
-                got = self.model(x)
-            ok = torch.allclose(got, want, rtol=1e-3, atol=1e-4)
-            why = "outputs differ"
-        except Exception as e:  # noqa: BLE001 - any failure: the plain model
-            ok, why = False, f"{type(e).__name__}"
-        if not ok:
-            self.model, self.optimized = plain, f"plain (torch.fx oneDNN: {why})"
-        return want
+
+def fastest_of(candidates: dict, repeats: int = 2, sync=None) -> dict:
+    """Seconds of each zero-argument callable in `candidates`: one untimed call (warm-up:
+    oneDNN primitives, cuDNN plans), then the best of `repeats` timed calls (`sync()` after
+    each, e.g. torch.cuda.synchronize). Alternated, so a slow moment of the machine does not
+    fall on one candidate only."""
+    for run in candidates.values():
+        run()
+    best = {n: float("inf") for n in candidates}
+    for _ in range(repeats):
+        for n, run in candidates.items():
+            t0 = time.perf_counter()
+            run()
+            if sync is not None:
+                sync()
+            best[n] = min(best[n], time.perf_counter() - t0)
+    return best
 
 
 def create_cnn(name: str, num_classes: int, small_stem: bool = False, **overrides) -> nn.Module:
