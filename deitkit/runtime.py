@@ -40,9 +40,22 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+# oneDNN ISA levels (ONEDNN_MAX_CPU_ISA) that include bf16 instructions; the lower ones
+# (SSE41, AVX, AVX2*, AVX512_CORE, AVX512_CORE_VNNI) run bf16 by converting: 17-20x slower
+# than fp32 capped at AVX2, 1.2-1.4x at AVX512_CORE (measured, docs/performance.md)
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10", "AMX", "ALL")
+
+
 def cpu_has_native_bf16() -> bool:
-    """AVX-512 bf16 or AMX: bf16 autocast is faster than fp32 here, not slower."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """AVX-512 bf16 or AMX instructions, and not capped below them by ONEDNN_MAX_CPU_ISA or
+    ATEN_CPU_CAPABILITY (as when an older CPU class is emulated): only then can bf16
+    autocast be faster than fp32 (whether it is, `measured_cpu_amp` measures)."""
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and not any(level in isa for level in BF16_ISAS):
+        return False
+    return os.environ.get("ATEN_CPU_CAPABILITY", "").lower() not in ("default", "avx2")
 
 
 def cpu_name() -> str:

@@ -18,11 +18,12 @@
 # TEST_PER_CLASS test images per class of the shared cifar10-jpg.tar.gz, the first in file
 # order, unpacked under $OUT), PER_CLASS (200), TEST_PER_CLASS (100), EPOCHS (2), BATCH (64),
 # WORKERS (2), TEACHER_EPOCHS (1), STEP_TIMEOUT (600 s per run), RUNS ("timm device workers
-# store": a subset reruns only those; the figures of the others are read from their folders).
+# store": a subset reruns only those; the figures of the others are read from their folders),
+# AMP (off: fp32 on both sides, the comparison that holds on every CPU; bf16: both sides
+# under bf16 autocast, timm's `--amp --amp-dtype bfloat16`).
 # Same on both sides: RandomResizedCrop + flip, rand-m9-mstd0.5-inc1, random erasing 0.25,
 # Mixup 0.8 / CutMix 1.0, label smoothing 0.1, drop path 0.1, EMA 0.99, AdamW lr 5e-4 x
-# batch/512, weight decay 0.05, cosine with 1 warm-up epoch, fp32 (amp=off: what holds on every
-# CPU), hard token distillation from the same teacher weights (timm's plain `resnet18`, 7x7
+# batch/512, weight decay 0.05, cosine with 1 warm-up epoch, the AMP precision, hard token distillation from the same teacher weights (timm's plain `resnet18`, 7x7
 # stem: timm's train.py builds its teacher from a timm name, which cannot express deitkit's
 # CIFAR stem). Evaluation: timm's evaluates its model and its EMA after every epoch; deitkit
 # after the last (eval_every=EPOCHS), both included in the whole-process time.
@@ -36,6 +37,8 @@ OUT=${OUT:-/tmp/deitkit-cpu-e2e}; mkdir -p "$OUT"
 EPOCHS=${EPOCHS:-2}; BATCH=${BATCH:-64}; WORKERS=${WORKERS:-2}; TEACHER_EPOCHS=${TEACHER_EPOCHS:-1}
 PER_CLASS=${PER_CLASS:-200}; TEST_PER_CLASS=${TEST_PER_CLASS:-100}
 STEP_TIMEOUT=${STEP_TIMEOUT:-600}; PY=${PY:-python3}; RUNS=${RUNS:-timm device workers store}
+AMP=${AMP:-off}; amp_timm=(); [ "$AMP" = bf16 ] && amp_timm=(--amp --amp-dtype bfloat16)
+[ "$AMP" = off ] || [ "$AMP" = bf16 ] || { echo "AMP must be off or bf16, got $AMP" >&2; exit 2; }
 TIMM_TRAIN=${TIMM_TRAIN:-peers/timm/train.py}
 [ -f "$TIMM_TRAIN" ] || { echo "timm's train.py not found at TIMM_TRAIN=$TIMM_TRAIN (see the" \
   "header of $0 for how to fetch it)" >&2; exit 2; }
@@ -46,8 +49,11 @@ since() { $PY -c "print(round($(now) - $1, 1))"; }
 
 if [ -z "${DATA:-}" ]; then
   DATA=$OUT/cifar10-sub
+  tar_=${CIFAR_TAR:-../shared/data/cifar10-jpg.tar.gz}
   if [ ! -d "$DATA/train" ]; then
-    $PY - "${CIFAR_TAR:-../shared/data/cifar10-jpg.tar.gz}" "$DATA" "$PER_CLASS" "$TEST_PER_CLASS" <<'EOF'
+    [ -f "$tar_" ] || { echo "the CIFAR-10 archive is not at $tar_: set CIFAR_TAR to it, or DATA" \
+      "to an ImageFolder with train/ and test/" >&2; exit 2; }
+    $PY - "$tar_" "$DATA" "$PER_CLASS" "$TEST_PER_CLASS" <<'EOF'
 import sys, tarfile
 from collections import Counter
 from pathlib import Path
@@ -118,7 +124,7 @@ EOF
     --opt adamw --weight-decay 0.05 --sched cosine --warmup-epochs 1 --aa rand-m9-mstd0.5-inc1 \
     --reprob 0.25 --remode pixel --mixup 0.8 --cutmix 1.0 --smoothing 0.1 --drop-path 0.1 \
     --model-ema --model-ema-decay 0.99 --crop-pct 1.0 --interpolation bicubic \
-    --workers "$WORKERS" --device cpu --log-interval 1000000 \
+    --workers "$WORKERS" --device cpu --log-interval 1000000 ${amp_timm[@]+"${amp_timm[@]}"} \
     --kd-model-name resnet18 --kd-distill-type token --kd-token-distill-type hard \
     --kd-teacher-path "$OUT/teacher.safetensors" --output "$OUT/timm-run" \
     --checkpoint-hist 1 > "$OUT/timm.log" 2>&1 || { tail -30 "$OUT/timm.log"; exit 1; }
@@ -134,7 +140,7 @@ common=(--recipe small-data-cpu --no-progress --teacher "$OUT/teacher" --epochs 
   aug.stack=deit aug.crop=rrc aug.hflip=0.5 aug.rand_augment=rand-m9-mstd0.5-inc1
   aug.reprob=0.25 aug.mixup=0.8 aug.cutmix=1.0 aug.smoothing=0.1 aug.repeated_aug=1
   distill.kind=hard optim.lr="$lr" optim.warmup_epochs=1 optim.weight_decay=0.05
-  ema.decay=0.99 amp=off device=cpu eval_every="$EPOCHS")
+  ema.decay=0.99 amp="$AMP" device=cpu eval_every="$EPOCHS")
 ours() {  # ours NAME [overrides...]
   local name=$1; shift
   rm -rf "${OUT:?}/$name"; local s; s=$(now)
@@ -156,16 +162,15 @@ if wants store; then
 fi
 
 # 4. the figures: median epoch time after the first, images/s, whole-process times, ratios
-$PY - "$OUT" "$BATCH" "$EPOCHS" <<'EOF'
+$PY - "$OUT" "$BATCH" "$EPOCHS" "$AMP" "$DATA" <<'EOF'
 import json, re, statistics, sys
 from pathlib import Path
-out, batch, epochs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+out, batch, epochs, amp = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 wall = lambda n: float((out / f"{n}.wall").read_text()) if (out / f"{n}.wall").is_file() else None
-ntrain = sum(1 for p in (Path(sys.argv[1]) / "cifar10-sub" / "train").rglob("*") if p.is_file()) \
-    if (out / "cifar10-sub").is_dir() else None
+ntrain = sum(1 for p in (Path(sys.argv[5]) / "train").rglob("*") if p.is_file())
 res = {"machine": (out / "machine.txt").read_text().strip(), "batch": batch, "epochs": epochs,
-       "train_images": ntrain, "amp": "off (fp32)",
-       "command": "OUT=... bash scripts/cpu_e2e.sh (EPOCHS=%d BATCH=%d)" % (epochs, batch)}
+       "train_images": ntrain, "amp": {"off": "off (fp32)", "bf16": "bf16 autocast"}[amp],
+       "command": "OUT=... AMP=%s bash scripts/cpu_e2e.sh (EPOCHS=%d BATCH=%d)" % (amp, epochs, batch)}
 # timm logs, at the last batch of each epoch, the mean update time over the epoch (a batch
 # time that includes waiting for the loader)
 log = (out / "timm.log").read_text() if (out / "timm.log").is_file() else ""

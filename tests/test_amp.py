@@ -2,6 +2,7 @@
 recorded with the run, and kept by its resume and its evaluation."""
 import json
 
+import pytest
 import torch
 
 import deitkit.build as build
@@ -68,3 +69,28 @@ def test_the_real_probe_times_both_precisions(tmp_path):
     probe = build._step_probe(cfg, "student", 10, "resnet10t", torch.device("cpu"))
     for dtype in (None, torch.bfloat16):
         assert probe(dtype) > 0
+
+
+@pytest.mark.parametrize("caps, native", [
+    ({}, True),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}, False),   # a laptop class
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, False),                          # AVX-512, no bf16
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"}, True),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, True),
+    ({"ATEN_CPU_CAPABILITY": "default"}, False),
+    ({"ATEN_CPU_CAPABILITY": "avx512"}, True),
+])
+def test_an_instruction_cap_below_bf16_means_no_native_bf16(monkeypatch, caps, native):
+    """An emulated older CPU (ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY below bf16) is treated
+    as that CPU: amp=auto picks fp32 without a probe, as it would there."""
+    from deitkit import runtime
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in caps.items():
+        monkeypatch.setenv(k, v)
+    assert runtime.cpu_has_native_bf16() is native
+    assert (runtime.resolve_amp("auto", torch.device("cpu")) is torch.bfloat16) is native
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert runtime.cpu_has_native_bf16() is False                   # no flags: never

@@ -213,3 +213,20 @@ def test_the_ending_says_plainly_when_the_cnn_is_ahead():
     assert "out of reach by time alone" in "\n".join(far)
     pre = teacher_gap(summary, curve, "d", start="runs/pre")
     assert "started from runs/pre" in "\n".join(pre) and "deitkit pretrain" not in "\n".join(pre)
+
+
+def test_the_plan_measures_its_epochs_at_the_precision_the_run_will_use(monkeypatch):
+    """--time-budget plans from steps timed at the run's own precision (amp=auto's measured
+    choice), not at fp32 regardless: a bf16 run is planned from bf16 steps."""
+    seen = []
+    monkeypatch.setattr(plan, "run_amp", lambda cfg, role, *a, **k: seen.append(
+        (role, cfg.amp)) or torch.bfloat16)
+    real = plan.build_step
+
+    def spy(*a, **k):
+        seen.append(k["amp_dtype"])
+        return real(*a, **k)
+    monkeypatch.setattr(plan, "build_step", spy)
+    cfg = build_config("quickstart", overrides=[*TINY, "amp=auto", "distill.kind=none"])
+    seconds = plan.measure_epoch(cfg, "student", load_bundle(cfg))
+    assert seen == [("student", "auto"), torch.bfloat16] and seconds > 0
