@@ -94,29 +94,12 @@ if [ ! -f "$OUT/teacher/checkpoint-best.pt" ]; then
     --epochs "$TEACHER_EPOCHS" data.name="$DATA" model.name=resnet18 model.small_stem=false \
     data.img_size=32 amp=off device=cpu 2>&1 | tee "$OUT/teacher.log" | tail -2
 fi
-$PY - "$OUT" <<'EOF'
-import sys, safetensors.torch
-from deitkit.checkpoint import load_checkpoint
-ck = load_checkpoint(f"{sys.argv[1]}/teacher/checkpoint-best.pt")
-safetensors.torch.save_file({k: v.contiguous() for k, v in ck["model"].items()},
-                            f"{sys.argv[1]}/teacher.safetensors")
-EOF
+$PY scripts/timm_peer.py teacher-file "$OUT/teacher" "$OUT/teacher.safetensors"
 
 # 2. timm's train.py with its one change
 lr=$($PY -c "print(5e-4 * $BATCH / 512)")
 if wants timm; then
-  $PY - "$TIMM_TRAIN" "$OUT/timm_train.py" <<'EOF'
-import sys
-src = open(sys.argv[1]).read()
-arg = "parser.add_argument('--kd-model-name'"
-assert arg in src, "timm's train.py changed: --kd-model-name not found"
-src = src.replace(arg, "parser.add_argument('--kd-teacher-path', default=None, type=str)\n" + arg, 1)
-at = src.index("task = TokenDistillationTask(")
-kw = "teacher_model=args.kd_model_name,"
-i = src.index(kw, at) + len(kw)
-src = src[:i] + "\n                teacher_pretrained_path=args.kd_teacher_path," + src[i:]
-open(sys.argv[2], "w").write(src)
-EOF
+  $PY scripts/timm_peer.py patch "$TIMM_TRAIN" "$OUT/timm_train.py"
   rm -rf "$OUT/timm-run"; t0=$(now)
   timeout "$STEP_TIMEOUT" $PY "$OUT/timm_train.py" --data-dir "$DATA" --train-split train \
     --val-split test --model deit_tiny_distilled_patch16_224 --model-kwargs patch_size=4 img_size=32 \

@@ -64,27 +64,10 @@ if [ ! -f "$OUT/teacher/checkpoint-best.pt" ]; then
     --epochs "$TEACHER_EPOCHS" data.name="$DATA" model.name=resnet18 model.small_stem=false \
     data.batch_size=512 amp="$AMP" device="$DEVICE" data.on_device=auto 2>&1 | tee "$OUT/teacher.log" | tail -4
 fi
-$PY - "$OUT" <<'EOF'
-import sys, safetensors.torch
-from deitkit.checkpoint import load_checkpoint
-ck = load_checkpoint(f"{sys.argv[1]}/teacher/checkpoint-best.pt")
-safetensors.torch.save_file({k: v.contiguous() for k, v in ck["model"].items()},
-                            f"{sys.argv[1]}/teacher.safetensors")
-EOF
+$PY scripts/timm_peer.py teacher-file "$OUT/teacher" "$OUT/teacher.safetensors"
 
 # 2. timm's train.py with its one change
-$PY - "$TIMM_TRAIN" "$OUT/timm_train.py" <<'EOF'
-import sys
-src = open(sys.argv[1]).read()
-arg = "parser.add_argument('--kd-model-name'"
-assert arg in src, "timm's train.py changed: --kd-model-name not found"
-src = src.replace(arg, "parser.add_argument('--kd-teacher-path', default=None, type=str)\n" + arg, 1)
-at = src.index("task = TokenDistillationTask(")
-kw = "teacher_model=args.kd_model_name,"
-i = src.index(kw, at) + len(kw)
-src = src[:i] + "\n                teacher_pretrained_path=args.kd_teacher_path," + src[i:]
-open(sys.argv[2], "w").write(src)
-EOF
+$PY scripts/timm_peer.py patch "$TIMM_TRAIN" "$OUT/timm_train.py"
 lr() { $PY -c "print(5e-4 * $1 / 512)"; }
 amp_timm=(); [ "$AMP" = bf16 ] && amp_timm=(--amp --amp-dtype bfloat16)
 pid=$(util timm)
