@@ -21,7 +21,7 @@ from .distributed import DistInfo, barrier, gather_objects, init_distributed
 from .engine import EVAL_KEYS, HOLDOUT_KEYS, evaluate, holdout_fusion, train_one_epoch
 from .models import Teacher
 from .models.teacher import load_weights
-from .plan import Deadline
+from .plan import FLAT_SLOPE, FLAT_WINDOW, Deadline
 from .regime import diagnose, last_quarter_change, teacher_gap
 from .rundir import RunDir
 from .runtime import Log, quiet, rng_state, set_rng_state
@@ -136,6 +136,7 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
     bar = tqdm(desc=role, disable=not cfg.progress, dynamic_ncols=True, initial=first,
                total=cfg.epochs)
     train_s, eval_s = [], []  # this segment's measured seconds (a deadline's revisions)
+    curve: list[tuple[int, float]] = []  # this segment's (epoch, validation fused top-1)
     epoch = first
     while epoch < cfg.epochs:
         t_epoch = time.perf_counter()
@@ -149,7 +150,14 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
             record.update(_evaluate(run))
             eval_s.append(time.perf_counter() - t_eval)
             evaluated = True
+            curve.append((epoch + 1, record["fused_top1"]))
         if deadline is not None:
+            slope = deadline.flattened(curve, epoch + 1) if evaluated else None
+            if slope is not None:
+                log(f"{role}: validation has flattened ({100 * slope:+.2f} points per epoch "
+                    f"over epochs {curve[-FLAT_WINDOW][0]}-{epoch + 1}, under "
+                    f"{100 * FLAT_SLOPE:.1f}): it anneals until epoch {deadline.cap} at most, "
+                    "and the time it leaves goes to the student")
             cfg = _revise(run, epoch + 1, deadline.epochs(
                 epoch + 1, cfg.epochs, train_s, eval_s, cfg.eval_every, time.perf_counter(),
                 evaluated), train_s, eval_s, log)

@@ -315,7 +315,7 @@ def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resum
             rd.write_config(cfg)
         if not named:  # the teacher's share: what the student's planned epochs leave
             share = None if end is None or plan is None else Deadline(
-                end - plan.student_epochs * plan.student_epoch_seconds)
+                end - plan.student_epochs * plan.student_epoch_seconds, stop_when_flat=True)
             teacher = get_teacher(cfg, bundle, out, log=log_main, dist_info=d, deadline=share)
         if end is not None and plan is not None and trains_teacher:
             cfg = replan_student(cfg, plan, out, end, log_main)

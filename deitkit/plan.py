@@ -143,14 +143,48 @@ def plan_run(cfg: TrainConfig, teacher_cfg: Optional[TrainConfig], bundle: Datas
 # the plan revised while the run trains
 
 REVISE_SAFETY = 1.03  # measured epochs are assumed this much slower ahead (their spread here)
+# a teacher's share of a budget ends early once its validation has flattened: the time left
+# goes to the student (its deadline is the budget's end). Flat: the least-squares slope of the
+# last FLAT_WINDOW evaluations below FLAT_SLOPE top-1 per epoch; it then anneals over
+# ANNEAL_SHARE of the epochs done (at least 1), the schedule compressed to end there
+FLAT_WINDOW = 5
+FLAT_SLOPE = 0.003
+ANNEAL_SHARE = 0.2
+
+
+def flat_slope(evals: list[tuple[int, float]]) -> Optional[float]:
+    """The least-squares slope (top-1 per epoch) of the last FLAT_WINDOW (epoch, top-1)
+    evaluations; None with fewer."""
+    pts = evals[-FLAT_WINDOW:]
+    if len(pts) < FLAT_WINDOW:
+        return None
+    mx = sum(e for e, _ in pts) / len(pts)
+    my = sum(v for _, v in pts) / len(pts)
+    sxx = sum((e - mx) ** 2 for e, _ in pts)
+    return sum((e - mx) * (v - my) for e, v in pts) / sxx
 
 
 @dataclass
 class Deadline:
     """A fit's time limit, `at` on time.perf_counter()'s clock. After every epoch (and its
     evaluation, if it had one) `fit` asks `epochs` how many epochs in all fit before it, from
-    the epochs it measured."""
+    the epochs it measured. With `stop_when_flat` (a teacher's share) `fit` also hands it the
+    validation curve (`flattened`); once that has flattened, `cap` bounds the epochs."""
     at: float
+    stop_when_flat: bool = False
+    cap: Optional[int] = None
+
+    def flattened(self, evals: list[tuple[int, float]], done: int) -> Optional[float]:
+        """After `done` epochs with validation curve `evals` ((epoch, top-1) pairs): the slope
+        that flattened it, the first time it does (the cap is then set: ANNEAL_SHARE more
+        epochs), else None."""
+        if not self.stop_when_flat or self.cap is not None:
+            return None
+        slope = flat_slope(evals)
+        if slope is None or slope >= FLAT_SLOPE:
+            return None
+        self.cap = done + max(1, math.ceil(ANNEAL_SHARE * done))
+        return slope
 
     def epochs(self, done: int, total: int, train_s: list[float], eval_s: list[float],
                eval_every: int, now: float, evaluated: bool) -> int:
@@ -178,7 +212,8 @@ class Deadline:
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if cost(mid) <= left else (lo, mid)
-        return done + lo if eval_s else min(done + lo, total)
+        fits = done + lo if eval_s else min(done + lo, total)
+        return fits if self.cap is None else max(done, min(fits, self.cap))
 
 
 def _typical(seconds: list[float]) -> float:

@@ -14,7 +14,7 @@ from deitkit.cli import main
 from deitkit.distill import choose_fusion_weight, fuse
 from deitkit.distributed import DistInfo
 from deitkit.export import FusedHeads, load_for_inference
-from deitkit.fit import _revise
+from deitkit.fit import _revise, fit
 from deitkit.models import student_forward
 from deitkit.pipeline import end_reserve
 from deitkit.plan import Deadline
@@ -61,6 +61,50 @@ def test_revisions_from_made_up_epochs_end_within_the_budget_and_use_it(epoch_s,
 
 def test_a_revision_never_goes_below_the_epochs_done():
     assert Deadline(10.0).epochs(7, 9, [5.0] * 7, [1.0], 1, now=20.0, evaluated=True) == 7
+
+
+# -- the teacher stopped when its validation flattens ----------------------------------------
+
+def test_a_flat_curve_caps_the_teacher_and_a_rising_one_does_not():
+    rising = [(e, 0.30 + 0.01 * e) for e in range(1, 9)]            # +1 point per epoch
+    d = Deadline(1e9, stop_when_flat=True)
+    assert all(d.flattened(rising[:k], k) is None for k in range(1, 9)) and d.cap is None
+    assert d.epochs(8, 8, [1.0] * 8, [0.1] * 8, 1, now=0.0, evaluated=True) > 1000
+    # rising, then flat with noise of +-0.5 points: flat by the time the window holds only the
+    # plateau (or earlier, once the rise in it is too small)
+    noisy = rising[:4] + [(e, 0.34 + (0.005 if e % 2 else -0.005)) for e in range(5, 14)]
+    flat_at = next(k for k in range(1, 14) if d.flattened(noisy[:k], k) is not None)
+    assert 4 < flat_at <= 4 + plan.FLAT_WINDOW
+    assert d.cap == flat_at + max(1, math.ceil(plan.ANNEAL_SHARE * flat_at))
+    # capped: the generous deadline no longer raises the count, and a second call changes nothing
+    assert d.epochs(flat_at, 8, [1.0] * flat_at, [0.1] * flat_at, 1, now=0.0,
+                    evaluated=True) == d.cap
+    assert d.flattened(noisy, 13) is None
+    # a deadline without the flag (the student's) never caps
+    plain = Deadline(1e9)
+    assert plain.flattened(noisy, 13) is None and plain.cap is None
+
+
+def test_a_teacher_that_stops_learning_hands_its_share_back(tmp_path):
+    # a teacher at a vanishing learning rate: its validation is flat from the first epochs, so
+    # under a deadline far away it stops after FLAT_WINDOW evaluations and a short anneal
+    # (without the stop the deadline would raise its count to fill the 10 minutes)
+    cfg = build_config("cnn-teacher", overrides=[
+        f"out={tmp_path / 't'}", "progress=false", "device=cpu", "amp=off", "tensorboard=false",
+        "data.train_fraction=0.25", "data.batch_size=32", "model.name=resnet10t",
+        "model.small_stem=false",
+        "optim.lr=1e-9", "optim.warmup_epochs=0", "epochs=3", "eval_every=1",
+        "eval_train_images=0", "ema.enabled=false"])
+    lines = []
+    deadline = Deadline(time.perf_counter() + 600, stop_when_flat=True)
+    summary = fit(cfg, "teacher", log=lines.append, deadline=deadline)
+    w = plan.FLAT_WINDOW
+    assert deadline.cap == w + max(1, math.ceil(plan.ANNEAL_SHARE * w))
+    assert summary["epochs"] == deadline.cap
+    assert summary["wall_seconds"] < 300
+    said = "\n".join(lines)
+    assert f"teacher: validation has flattened" in said and f"until epoch {deadline.cap}" in said
+    assert len(RunDir(tmp_path / "t").read_metrics()) == deadline.cap
 
 
 # -- the revision in a real run ---------------------------------------------------------------
