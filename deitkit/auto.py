@@ -19,6 +19,8 @@ behind the `quickstart` recipe (docs/recipes.md) generalised by size, not from o
   no max-pool) at 32 px and below, the ImageNet stem above;
 * fusion: from 2,000 training images, 5 % are held out (per class) and the heads' fusion
   weight is chosen on them (`data.holdout`, `distill.fusion_weight`);
+* student shape: with images held out, raced inside the budget (`deitkit.race`: this shape,
+  a patch grid twice as fine, and that grid at half the depth; successive halving);
 * epochs: from the time budget (default 10 minutes on a CPU, 30 on a GPU), measured on the
   first steps, split between teacher and student as 8 : 20 (the quickstart's split), then
   revised after every epoch from the epochs measured (`plan.Deadline`).
@@ -111,6 +113,8 @@ def auto_config(data: str, device: str = "cpu", overrides: list[str] | None = No
     if holdout:
         why.append(f"{round(holdout * n):,} training images (5 %) held out to choose how the two "
                    "heads are fused (the better head is never outvoted)")
+        why.append("student shape raced inside the budget: this one, a patch grid twice as fine, "
+                   "and that grid at half the depth, scored on the held-out images (race=true)")
     every = 1 if facts.val_images <= 2_000 else 4
     if every > 1:
         why.append(f"evaluation every {every} epochs ({facts.val_images:,} validation images)")
@@ -127,7 +131,8 @@ def auto_config(data: str, device: str = "cpu", overrides: list[str] | None = No
         f"teacher.train_model={teacher}",
         f"teacher.train_overrides=[model.small_stem={'true' if small_stem else 'false'}, "
         f"data.batch_size={teacher_batch}]",
-        "data.num_workers=2", f"data.holdout={holdout}", "aug.hflip=0.5", f"ema.decay={ema}",
+        "data.num_workers=2", f"data.holdout={holdout}", f"race={'true' if holdout else 'false'}",
+        "aug.hflip=0.5", f"ema.decay={ema}",
         f"eval_every={every}",
         *aug]
     cfg = replace_keys(build_config("quickstart", overrides=settings),

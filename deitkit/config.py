@@ -359,6 +359,11 @@ class TrainConfig:
     metrics) as a ladder: each new validation high at least half a point above the last kept
     one, so every accuracy the run reached has a checkpoint within about half a point (to
     pick a teacher of a given accuracy: the teacher-kind study)."""
+    race: bool = False
+    """With a time budget: choose the student's shape by a race inside the budget (this
+    student, a patch grid twice as fine, and that grid at half the depth; successive halving
+    on the held-out training images, `data.holdout`), the winner continuing with the rest of
+    the budget (`deitkit.race`). The `auto` configuration sets it where it holds images out."""
     compile: bool = False
     """`torch.compile` the student's training forward (slow first step: about a minute on a
     CPU; pays off on long runs and on GPUs)."""

@@ -94,7 +94,8 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
         teacher: Optional[Teacher] = None, store: Optional[TeacherStore] = None, *,
         log: Log = print, resume: bool = False, force: bool = False,
         summary_extra: Optional[dict] = None, t_start: Optional[float] = None,
-        dist_info: Optional[DistInfo] = None, deadline: Optional[Deadline] = None) -> dict:
+        dist_info: Optional[DistInfo] = None, deadline: Optional[Deadline] = None,
+        pause_at: Optional[float] = None) -> dict:
     """Train one model (role 'student' or 'teacher') into `cfg.out`; return its summary.
 
     teacher: the frozen teacher a student distils from (and is compared with at evaluation);
@@ -106,6 +107,9 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
     the fit must end (a time budget, one process): the epoch count is revised after every
     epoch from the epochs and evaluations measured so far (`Deadline.epochs`), and the
     schedule with it; the revised count is what config.yaml and the checkpoints record.
+    pause_at: a time.perf_counter() instant at the epoch boundary nearest which the fit stops,
+    evaluated and checkpointed, to be resumed later (a race's round, `race`); it then returns
+    that epoch's metrics with `paused` true and writes no summary.
     """
     t_start = time.perf_counter() if t_start is None else t_start
     d = dist_info or init_distributed(cfg.device)
@@ -145,7 +149,9 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
                                                         epoch, run.opts)}
         train_s.append(time.perf_counter() - t_epoch)
         planned, evaluated = cfg.epochs, False
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        pausing = (pause_at is not None and epoch + 1 < cfg.epochs
+                   and time.perf_counter() + train_s[-1] / 2 >= pause_at)
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs or pausing:
             t_eval = time.perf_counter()
             record.update(_evaluate(run))
             eval_s.append(time.perf_counter() - t_eval)
@@ -180,9 +186,14 @@ def fit(cfg: TrainConfig, role: Role, bundle: Optional[DatasetBundle] = None,
                 log(f"{role}: epoch {epoch + 1} took {took:.1f} s; the remaining {left} epochs "
                     f"will take about {_duration(took * left)} on this machine")
         epoch += 1
+        if pausing:
+            break
     bar.close()
     if tb is not None:
         tb.close()
+    if epoch < cfg.epochs:  # paused
+        barrier()
+        return {**state.record, "paused": True}
     summary = _summary(run, rd, state, {**(summary_extra or {}), "wall_seconds":
                                         earlier + time.perf_counter() - t_start})
     if d.is_main:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .build import (build_loaders, build_student, check_distillable, data_decision, load_bundle,
-                    run_amp, run_device, student_batch_shape)
+from .build import (build_loaders, build_student, check_distillable, choose_fusion, data_decision,
+                    load_bundle, run_amp, run_device, student_batch_shape)
 from .config import ConfigError, TrainConfig, build_config, recipe_dict, replace_keys, to_dict
 from .data import DatasetBundle, build_mixer, student_views
 from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, check_fingerprint,
@@ -32,7 +32,8 @@ from .distributed import DistInfo, barrier, init_distributed
 from .fit import fit
 from .models import Teacher, create_cnn, create_teacher
 from .models.teacher import check_class_names
-from .plan import Deadline, Plan, plan_run
+from .plan import Deadline, Plan, measure_epoch, plan_run
+from .race import RACE_SHARE, ROUND_EPOCHS, SCORE, candidates, race_seconds, successive_halving
 from .regime import fusion_line
 from .checkpoint import safe_torch_load
 from .rundir import RunDir, no_empty_folder_left, open_run, resolve_checkpoint
@@ -324,9 +325,72 @@ def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resum
     extra = {}
     if rd.teacher.is_finished():
         extra["teacher_wall_seconds"] = rd.teacher.read_summary()["wall_seconds"]
+    raced = None
+    if cfg.race and deadline is not None and not resume:
+        raced = race_student(cfg, bundle, teacher, rd, deadline.at, log_main)
+    if raced is not None:  # the winner's files are in the run folder: it goes on from there
+        cfg, record, trained = raced
+        extra.update(record)
+        resume, t0 = True, t0 + trained  # its wall time so far is in its checkpoint
     return fit(cfg, "student", bundle, teacher=teacher, store=store, log=log,
                resume=resume and rd.has_last(), force=force, summary_extra=extra, t_start=t0,
                dist_info=d, deadline=deadline)
+
+
+def race_student(cfg: TrainConfig, bundle: DatasetBundle, teacher: Optional[Teacher],
+                 rd: RunDir, end: float, log: Log) -> Optional[tuple[TrainConfig, dict, float]]:
+    """The student's shape chosen by a race inside the budget that ends at `end` (`race`):
+    each candidate's epoch measured, those with ROUND_EPOCHS epochs in a round raced in
+    OUT/race/, the winner's files moved into the run folder. Returns (the winner's config,
+    the race's record for the summary, the seconds the winner trained), or None when there is
+    no race (the reason said)."""
+    if not choose_fusion(cfg, "student", bundle):
+        log("race: none (it scores the candidates on held-out training images: data.holdout "
+            "above 0, with distillation through both heads and the fusion weight not fixed)")
+        return None
+    field_ = candidates(cfg)
+    if len(field_) < 2:
+        log(f"race: none (no other patch grid divides the {cfg.data.img_size}-px images)")
+        return None
+    for c in field_:  # a stand-in teacher: measuring optimises its forward, not the run's
+        c.epoch_seconds = measure_epoch(c.cfg, "student", bundle, copy.deepcopy(teacher))
+    student_s = end - time.perf_counter()
+    round_s = RACE_SHARE * student_s
+    if ROUND_EPOCHS * field_[0].epoch_seconds > round_s:
+        log(f"race: none (a round of {round_s:.0f} s, {100 * RACE_SHARE:.0f} % of the student's "
+            f"time, holds under {ROUND_EPOCHS} of its {field_[0].epoch_seconds:.1f}-s epochs)")
+        return None
+    fits = [c for c in field_ if ROUND_EPOCHS * c.epoch_seconds <= round_s]
+    for c in field_:
+        if c not in fits:
+            log(f"race: {c.name} left out (its {c.epoch_seconds:.1f}-s epochs: under "
+                f"{ROUND_EPOCHS} in a round of {round_s:.0f} s)")
+    if len(fits) < 2:
+        return None
+    total, winners = race_seconds(len(fits), round_s)
+    for c in fits:  # each planned as if it wins: the time the race leaves, at its own speed
+        c.cfg = replace_keys(c.cfg, epochs=max(ROUND_EPOCHS + 1, math.floor(
+            (student_s - total + winners) / c.epoch_seconds)), out=str(rd.racer(c.name)),
+            progress=False)
+    log(f"race: {len(fits)} candidate students, rounds of {round_s:.0f} s "
+        f"({100 * RACE_SHARE:.0f} % of the student's {student_s:.0f} s; {total:.0f} s in all), "
+        f"scored on {len(bundle.holdout)} held-out training images: " + ", ".join(
+            f"{c.name} ({c.epoch_seconds:.1f} s per epoch)" for c in fits))
+
+    def train_one(c, seconds: float) -> tuple[float, int, float]:
+        t = time.perf_counter()
+        rec = fit(c.cfg, "student", bundle, teacher=teacher, log=quiet,
+                  resume=RunDir(c.cfg.out).has_last(), pause_at=t + seconds)
+        return rec[SCORE], rec.get("epoch", rec.get("epochs", 0)), time.perf_counter() - t
+    win = successive_halving(fits, round_s, train_one, log)
+    rd.take_run(RunDir(win.cfg.out))
+    others = [c for c in fits if c is not win]
+    log(f"race: the student is {win.name} ({100 * win.scores[-1]:.1f} % held out, against "
+        + ", ".join(f"{c.name} {100 * c.scores[-1]:.1f} %" for c in others)
+        + f"); it goes on in {rd} with the rest of the budget (the others are in "
+        f"{rd.path / RunDir.RACE})")
+    return (replace(win.cfg, out=cfg.out, progress=cfg.progress),
+            {"race": [c.record() for c in field_], "race_winner": win.name}, win.seconds)
 
 
 def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log: Log = print,

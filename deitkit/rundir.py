@@ -11,6 +11,8 @@ A run folder (`deitkit train --out DIR`) holds:
     skipped_images.txt       with data.on_bad_image=skip: one line per skipped file
     tb/                      TensorBoard scalars
     teacher/                 the CNN teacher's own run folder, when the run trained one
+    race/NAME/               with a time budget and race=true: the candidate students that
+                             lost the race (the winner's files are moved up into the run)
     pictures/epoch-NNN.png   pretraining runs: validation images, masked, reconstructed
 
 Everything else reads and writes these through `RunDir`, so a name or a format changes here
@@ -46,9 +48,10 @@ class RunDir:
     TB = "tb"
     TEACHER = "teacher"
     PICTURES = "pictures"
+    RACE = "race"
 
     # what a run writes into its folder (the rungs, checkpoint-epoch-NNN.pt, besides)
-    RUN_FILES = (CONFIG, METRICS, LAST, BEST, SUMMARY, SKIPPED, TB, TEACHER, PICTURES)
+    RUN_FILES = (CONFIG, METRICS, LAST, BEST, SUMMARY, SKIPPED, TB, TEACHER, PICTURES, RACE)
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
@@ -72,6 +75,10 @@ class RunDir:
     def teacher(self) -> "RunDir":
         """The folder of the CNN teacher this run trained (it may not exist)."""
         return RunDir(self.path / self.TEACHER)
+
+    def racer(self, name: str) -> "RunDir":
+        """The folder a race candidate trains in (`race`), named by its shape."""
+        return RunDir(self.path / self.RACE / name.replace(" ", "").replace(",", "-"))
 
     def picture(self, epoch: int) -> Path:
         """A pretraining run's grid of validation reconstructions after epoch `epoch`."""
@@ -245,6 +252,21 @@ class RunDir:
             return 0
         return len({line.split("\t")[0] for line in self.skipped.read_text().splitlines()
                     if line})
+
+    # -- moving a run ------------------------------------------------------------------------
+    MOVABLE = (CONFIG, METRICS, LAST, BEST, SUMMARY, SKIPPED, TB)
+
+    def take_run(self, src: "RunDir") -> None:
+        """Move the run in `src` (its files, not its teacher) into this folder, replacing
+        those files here: a race's winner becomes the run (`race`). Renames within one file
+        system: each file is whole at its old place or its new one."""
+        moving = [n for n in self.MOVABLE if (src.path / n).exists()]
+        moving += [p.name for p in src.path.glob("checkpoint-epoch-*.pt")]
+        for name in moving:
+            dst = self.path / name
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            os.replace(src.path / name, dst)
 
     def clear_skipped(self) -> None:
         if self.skipped.exists():
