@@ -282,7 +282,8 @@ def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool 
 def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resume: bool,
                    force: bool, time_budget: Optional[float], t0: float) -> dict:
     """`train` once its folder is open: data, the student's settings checked, the teacher
-    (named, stored or trained here), the plan, then `fit`."""
+    (named, stored or trained here), the plan, with a budget and `race` the race of student
+    shapes, then `fit`."""
     log_main = log if d.is_main else quiet
     out = rd.path
     cfg = with_teacher_size(cfg, log_main)
@@ -507,6 +508,11 @@ def format_summary(summary: dict) -> str:
     fusion = fusion_line(summary)
     if fusion:
         lines.append(fusion)
+    if summary.get("race_winner"):
+        lines.append(f"student shape: {summary['race_winner']}, chosen by a race (held-out "
+                     "top-1 after its last round: " + ", ".join(
+                         f"{r['name']} {100 * r['scores'][-1]:.1f} %"
+                         for r in summary["race"] if r["scores"]) + ")")
     lines += summary.get("ending") or []
     lines.append(f"run folder: {summary['run_dir']}")
     return "\n".join(lines)

@@ -38,11 +38,29 @@ def _plt():
     return plt
 
 
-def plot_png(spec: dict, out: Path) -> None:
-    """A line plot (with error bars) or a grouped bar chart from a plot spec."""
+def caption(spec: dict, seeds: int) -> str:
+    """What a plot's error bars (and band) are: the spec's `errors` (default: the standard
+    deviation over the seeds of the points plotted) and `band_label`."""
+    has_err = any(any(e or 0 for e in (s.get("yerr") or [])) for s in spec["series"])
+    text = (f"Error bars: {spec.get('errors', 'standard deviation over the seeds')}, "
+            f"{seeds} seed(s)." if has_err else
+            f"No error bars ({seeds} seed(s)" + (": one seed has no spread)." if seeds == 1
+                                                 else "; no spread among them)."))
+    if spec.get("band"):
+        text += f" Shaded: {spec.get('band_label', 'the noise band')}."
+    return text
+
+
+def plot_png(spec: dict, out: Path, seeds: int = 1) -> None:
+    """A line plot (with error bars) or a grouped bar chart from a plot spec, its caption
+    (`caption`) printed under it; `band` [lo, hi] shades that y range (e.g. the claims'
+    practical threshold)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=90)
+    fig, ax = plt.subplots(figsize=(6.4, 4.3), dpi=90)
     series = spec["series"]
+    if spec.get("band"):
+        lo, hi = spec["band"]
+        ax.axhspan(lo, hi, color="grey", alpha=0.15, linewidth=0)
     if spec.get("kind") == "bar":
         labels = series[0]["x"]
         width = 0.8 / len(series)
@@ -73,7 +91,8 @@ def plot_png(spec: dict, out: Path) -> None:
     ax.grid(alpha=0.3)
     if len(series) > 1 or spec.get("kind") != "bar":
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.text(0.01, 0.01, caption(spec, seeds), fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out)
     plt.close(fig)
 
@@ -103,7 +122,7 @@ def write_report(study_dir: str | Path) -> Path:
     study_dir = Path(study_dir)
     res = json.loads((study_dir / "results.json").read_text())
     for spec in res.get("plots", []):
-        plot_png(spec, study_dir / spec["file"])
+        plot_png(spec, study_dir / spec["file"], res.get("seeds", 1))
     b = res["budget_settings"]
     n_runs = len({(r["name"], r["seed"]) for r in res["runs"]})
     lines = [f"# {res['title']}", ""]
@@ -117,14 +136,16 @@ def write_report(study_dir: str | Path) -> Path:
              f"{_sizes(res)}, batch {b['batch_size']}. "
              f"{n_runs} runs, **{res['seeds']} seed(s) per setting**; cells are mean ± standard "
              f"deviation over seeds, top-1 in percent. Training accuracy is measured on up to "
-             f"{b['eval_train_images']} training images without augmentation.", "",
+             f"{b['eval_train_images']} training images without augmentation. "
+             f"{compute_line(res)}", "",
              "## What the numbers say", ""]
     lines += [f"- {f}" for f in res.get("findings", [])]
     lines.append("")
     for t in res.get("tables", []):
         lines += [f"## {t['title']} ({res['seeds']} seed(s))", "", markdown_table(t), ""]
     for spec in res.get("plots", []):
-        lines += [f"![{spec['title']}]({spec['file']})", ""]
+        lines += [f"![{spec['title']}]({spec['file']})", "",
+                  f"*{caption(spec, res.get('seeds', 1))}*", ""]
     g = res.get("gallery")
     if g:
         lines += ["## Where the heads disagree", "",
@@ -147,6 +168,22 @@ def write_report(study_dir: str | Path) -> Path:
     path = study_dir / "report.md"
     atomic_write_text("\n".join(lines) + "\n", path)
     return path
+
+
+CIFAR10_TRAIN = 50_000  # images in one CIFAR-10 training epoch, the unit of a study's compute
+
+
+def compute_line(res: dict) -> str:
+    """The compute the recorded runs took: CIFAR-10-epoch equivalents (epochs x training
+    images / 50,000, summed) and wall time (their own, summed; shared teachers that are not
+    runs of the study are not counted)."""
+    runs = {(r["name"], r["seed"]): r["summary"] for r in res["runs"]}
+    equiv = sum((s.get("epochs") or 0) * (s.get("train_images") or 0)
+                for s in runs.values()) / CIFAR10_TRAIN
+    wall = sum(s.get("wall_seconds") or 0 for s in runs.values())
+    return (f"Compute of the {len(runs)} runs: {equiv:,.1f} CIFAR-10-epoch equivalents (epochs "
+            f"x training images / {CIFAR10_TRAIN:,}), {wall / 60:,.1f} min of their wall time "
+            "summed (teachers shared with other runs not counted).")
 
 
 def _sizes(res: dict) -> str:

@@ -267,6 +267,10 @@ class RunDir:
             if dst.is_dir():
                 shutil.rmtree(dst)
             os.replace(src.path / name, dst)
+        try:
+            src.path.rmdir()  # emptied
+        except OSError:
+            pass  # something else is in it: left as it is
 
     def clear_skipped(self) -> None:
         if self.skipped.exists():

@@ -103,7 +103,7 @@ def test_a_teacher_that_stops_learning_hands_its_share_back(tmp_path):
     assert summary["epochs"] == deadline.cap
     assert summary["wall_seconds"] < 300
     said = "\n".join(lines)
-    assert f"teacher: validation has flattened" in said and f"until epoch {deadline.cap}" in said
+    assert "teacher: validation has flattened" in said and f"until epoch {deadline.cap}" in said
     assert len(RunDir(tmp_path / "t").read_metrics()) == deadline.cap
 
 

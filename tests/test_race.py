@@ -3,6 +3,7 @@ curves, the candidates, and one real raced run."""
 import time
 
 from deitkit import build_config, train
+from deitkit.pipeline import format_summary
 from deitkit.race import Candidate, candidates, race_seconds, successive_halving
 from deitkit.rundir import RunDir
 
@@ -89,6 +90,6 @@ def test_a_raced_run_continues_the_winner_and_keeps_the_others(tmp_path, monkeyp
     raced = next(r for r in summary["race"] if r["name"] == win)
     assert summary["epochs"] > raced["epochs"] >= 2                  # it went on after the race
     loser = next(n for n in names if n != win)
-    assert rd.racer(loser).has_last() and not rd.racer(win).path.joinpath(
-        "checkpoint-last.pt").exists()
+    assert rd.racer(loser).has_last() and not rd.racer(win).path.exists()
+    assert "student shape: " + win in format_summary(summary)
     assert summary["wall_seconds"] <= took

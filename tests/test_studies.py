@@ -449,7 +449,7 @@ def test_every_run_of_every_budget_is_a_valid_configuration(name, budget, tmp_pa
     b = BUDGETS[budget]
     runner = StudyRunner(tmp_path, "digits", b, 1, log=lambda *a: None, device="cpu")
     for spec in STUDIES[name].runs(b):
-        teachers = [spec.teacher, getattr(spec.teacher, "match", None)]
+        teachers = [spec.teacher, getattr(spec.teacher, "match", None), spec.weights]
         for t in [t for t in teachers if t is not None]:
             cfg = build_config(t.recipe, overrides=runner.common(0, tmp_path / "t") +
                                [f"model.name={t.model}", *t.overrides])
@@ -460,6 +460,8 @@ def test_every_run_of_every_budget_is_a_valid_configuration(name, budget, tmp_pa
             if name in ("aug-strength", "aug-ablation") and b.overfit_fraction:
                 assert cfg.data.train_fraction == b.overfit_fraction < b.train_fraction
                 assert cfg.epochs == b.overfit_epochs
+            elif spec.name == "vit-light":  # recipe-rescue: the ViT with the CNN's recipe
+                assert (cfg.aug.stack, cfg.aug.mixup, cfg.model.drop_path) == ("light", 0, 0)
             elif name not in ("aug-strength", "aug-ablation"):
                 # the distillation studies' students: the budget's stack (quick: light, with
                 # no mixing; the others the full DeiT stack)
@@ -588,3 +590,55 @@ def test_the_class_only_baseline_is_scored_on_its_class_head(tmp_path):
     res = S["distill-heads"].analyze(record, tmp_path)
     want = statistics.fmean(100 * (v - 0.40) for v in hard.values())
     assert res["claims"][0]["diff"]["mean"] == pytest.approx(want, abs=0.01)
+
+
+def _rescue_record(vals: dict) -> dict:
+    """A recipe-rescue record of 3 seeds: per arm (validation, clean training) top-1, each
+    seed off by -0.3, 0, +0.3 points, flat curves (converged)."""
+    runs = []
+    for name, (val, tr) in vals.items():
+        for seed, d in enumerate((-0.003, 0.0, 0.003)):
+            v = val + d
+            runs.append({"name": name, "seed": seed, "role": "teacher" if name == "cnn"
+                         else "student", "labels": {},
+                         "summary": {"fused_top1": v, "train_clean_top1": tr + d,
+                                     "train_images": 1000, "parameters": 2.7e6,
+                                     "num_classes": 10},
+                         "curve": [{"epoch": e, "fused_top1": v} for e in (40, 80, 120, 160)]})
+    return {"runs": runs, "seeds": 3}
+
+
+@pytest.mark.parametrize("pre, status, words", [
+    (0.58, "supported", "did not close the gap: the CNN still leads by +2.00"),
+    (0.65, "refuted", "closed the gap and passed the CNN (-5.00"),
+    (0.6, "not shown at this budget", "whether they closed the gap is not shown"),
+])
+def test_recipe_rescue_says_whether_the_gap_to_the_cnn_closed(tmp_path, pre, status, words):
+    from deitkit.studies.catalog import STUDIES as S
+    record = _rescue_record({"cnn": (0.60, 0.80), "vit-light": (0.40, 0.95),
+                             "vit-deit": (0.50, 0.60), "vit-deit-pre": (pre, 0.70)})
+    res = S["recipe-rescue"].analyze(record, tmp_path)
+    by = {c["claim"]: c for c in res["claims"]}
+    assert by["with the CNN's light recipe the ViT stays below the CNN"]["status"] == "supported"
+    assert by["the DeiT recipe narrows the ViT's train-validation gap"]["status"] == "supported"
+    assert by["the DeiT recipe lifts the ViT's validation top-1"]["status"] == "supported"
+    assert by["even so the ViT stays below the CNN"]["status"] == status
+    assert words in res["advice"] and "the DeiT recipe is what made the ViT train" in res["advice"]
+    gap_light = res["tables"][0]["rows"][1][3]["mean"]
+    assert gap_light == pytest.approx(55.0)                       # 95 % clean against 40 %
+
+
+def test_plots_say_what_their_error_bars_are_and_reports_state_their_compute():
+    from deitkit.report import caption, compute_line
+    spec = {"series": [{"label": "a", "x": [1, 2], "y": [3, 4], "yerr": [0.5, 0.2]}]}
+    assert caption(spec, 3) == "Error bars: standard deviation over the seeds, 3 seed(s)."
+    flat = {"series": [{"label": "a", "x": [1], "y": [3], "yerr": [0]}], "band": [-1, 1],
+            "band_label": "the threshold"}
+    assert caption(flat, 1) == ("No error bars (1 seed(s): one seed has no spread). Shaded: "
+                                "the threshold.")
+    res = {"runs": [{"name": n, "seed": k, "summary": {"epochs": 10, "train_images": 5000,
+                                                      "wall_seconds": 90}}
+                    for n in ("a", "b") for k in (0, 1)]}
+    line = compute_line(res)
+    assert line.startswith("Compute of the 4 runs: 4.0 CIFAR-10-epoch equivalents")
+    assert "6.0 min of their wall time" in line

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .spec import FULL_DEIT, Budget, RunSpec, Study, overfit_args, student_args
-from .stats import (NOT_SHOWN, REFUTED, SUPPORTED, agg, chance_note, claim, claim_line,
-                    curve_series, gap,
-                    judged, mean_of, metric, overfits, paired, pts, runs_of, verdict)
+from .stats import (EFFECT_POINTS, NOT_SHOWN, REFUTED, SUPPORTED, agg, chance_note, claim,
+                    claim_line, curve_series, gap, judged, mean_of, metric, overfits, paired,
+                    pts, runs_of, verdict)
 
 
 LEAVE_ONE_OUT = [("no RandAugment", "aug.rand_augment="), ("no Mixup", "aug.mixup=0"),
@@ -118,10 +118,20 @@ def _aug_ablation_analyze(record: dict, study_dir: Path) -> dict:
                    {"title": "Leave one out (DeiT paper, Table 8 style)",
                     "columns": ["recipe", "val top-1", "change vs full (points, paired)"],
                     "rows": loo_rows}],
-        "plots": [{"file": "curves.png", "title": "Training and validation accuracy",
-                   "xlabel": "epoch", "ylabel": "top-1 (%)", "series": curves},
+        "plots": [{"file": "curves.png", "title": "Clean training (dashed) and validation "
+                   "(solid) top-1", "xlabel": "epoch", "ylabel": "top-1 (%)", "series": curves},
+                  {"file": "gap.png", "title": "Train-validation gap by setting",
+                   "xlabel": "", "ylabel": "clean training minus validation top-1 (points)",
+                   "kind": "bar", "series": [{"label": "gap", "x": [r[0] for r in gap_rows],
+                                              "y": [mean_of(r[3]) for r in gap_rows],
+                                              "yerr": [r[3]["std"] if r[3] else 0
+                                                       for r in gap_rows]}]},
                   {"file": "leave_one_out.png", "title": "Change in validation top-1 when one "
                    "component is removed", "xlabel": "", "ylabel": "points", "kind": "bar",
+                   "errors": "standard deviation of the per-seed paired differences",
+                   "band": [-EFFECT_POINTS, EFFECT_POINTS],
+                   "band_label": f"within ±{EFFECT_POINTS:g} point, under the practical "
+                                 "threshold of the verdict rule",
                    "series": [{"label": "change", "x": [r[0] for r in loo_rows[1:]],
                                "y": [mean_of(r[2]) for r in loo_rows[1:]],
                                "yerr": [r[2]["std"] if r[2] else 0 for r in loo_rows[1:]]}]}],

@@ -44,7 +44,8 @@ def _aug_strength_analyze(record: dict, study_dir: Path) -> dict:
         gaps.append(g)
     series = [{"label": lab, "x": list(MAGNITUDES), "y": [mean_of(c) for c in cs],
                "yerr": [c["std"] if c else 0 for c in cs]}
-              for lab, cs in (("train (no augmentation)", train_s), ("validation", val_s))]
+              for lab, cs in (("train (no augmentation)", train_s), ("validation", val_s),
+                              ("gap: train minus validation (points)", gaps))]
     order = sorted(range(len(MAGNITUDES)), key=lambda i: -mean_of(val_s[i]))
     best, second = MAGNITUDES[order[0]], MAGNITUDES[order[1]]
     lead = paired(record, f"m{best}", f"m{second}")

@@ -5,9 +5,10 @@ A study is a list of `RunSpec`s. Each is an ordinary deitkit run (`fit` through
 A run whose `summary.json` exists is finished and skipped; one with `checkpoint-last.pt` is resumed
 exactly; so an interrupted study picks up where it stopped.
 
-Teachers are shared between runs and between studies: a `TeacherSpec` is trained once into
-`ROOT/teachers/<key>/`, where the key is a digest of the data, training fraction, model, recipe,
-overrides and seed; every run that needs the same teacher reuses that folder (and says so).
+Teachers (and pretrained starts) are shared between runs and between studies: a `TeacherSpec`
+is trained once into `ROOT/teachers/<key>/`, where the key is a digest of the data, training
+fraction, model, recipe, overrides and seed; every run that needs the same one reuses that
+folder (and says so).
 
 `jobs` > 1 trains that many runs at once, each in its own (spawned) process on the same device:
 first every teacher not yet trained, then every student. A DeiT-Tiny at 32 px leaves a GPU
@@ -30,6 +31,7 @@ from ..checkpoint import atomic_write_text
 from ..config import ConfigError, build_config, run_changing_keys, to_dict
 from ..runtime import quiet
 from ..pipeline import train, train_teacher
+from ..pretrain import pretrain
 from ..html import write_html
 from ..report import write_report
 from ..rundir import RunDir
@@ -96,6 +98,8 @@ class StudyRunner:
                  f" in {out}")
         if spec.kind == "cnn":  # resume=True: continued from wherever it stopped, or begun
             train_teacher(cfg, log=quiet, resume=True)
+        elif spec.kind == "mae":
+            pretrain(cfg, log=quiet, resume=True)
         else:
             train(cfg, log=quiet, resume=True)
         self.teachers_trained.append(str(out))
@@ -124,6 +128,9 @@ class StudyRunner:
         overrides = self.common(seed, out) + list(spec.overrides)
         if spec.teacher is not None:  # a finished run needs its teacher's name, not the teacher
             overrides.append(f"teacher.name={self.teacher_ref(spec.teacher, seed, finished)}")
+        if spec.weights is not None:  # likewise its pretrained start
+            get = self.teacher_path if finished else self.teacher_dir
+            overrides.append(f"model.weights={get(spec.weights, seed)}")
         cfg = build_config(spec.recipe or self.budget.recipe, overrides=self.with_extra(overrides))
         if finished:
             check_finished(out, cfg)
@@ -151,9 +158,10 @@ def check_finished(out: Path, cfg) -> None:
     (its teacher included: a teacher's folder name is its key); otherwise a changed study
     definition or budget would silently keep stale numbers."""
     stored, now = RunDir(out).read_config(), to_dict(cfg)
-    for c in (stored, now):  # a teacher is its key (folder name), wherever ROOT now lives
-        if c.get("teacher", {}).get("name"):
-            c["teacher"]["name"] = Path(c["teacher"]["name"]).name
+    for c in (stored, now):  # a teacher (or a start) is its key (folder name), wherever ROOT
+        for part, key in (("teacher", "name"), ("model", "weights")):  # now lives
+            if c.get(part, {}).get(key):
+                c[part][key] = Path(c[part][key]).name
     changed = run_changing_keys(stored, now)
     if changed:
         raise ConfigError(
@@ -197,7 +205,8 @@ def _train_parallel(runner: StudyRunner, pairs: list, finished: set, study_dir: 
     teachers = {}
     for spec, seed in [p for p in pairs if p[0].role == "teacher"] + students:
         t = spec.teacher
-        for ts in ([] if t is None else [t.match, t] if t.match else [t]):
+        shared = ([] if t is None else [t.match, t] if t.match else [t])
+        for ts in shared + ([spec.weights] if spec.weights is not None else []):
             out = runner.teacher_path(ts, seed)
             if not RunDir(out).is_finished():
                 teachers.setdefault(out, (ts, seed))

@@ -41,6 +41,11 @@ class Budget:
     """Their epochs at `overfit_fraction` (None: `epochs`)."""
     overfit_eval_every: Optional[int] = None
     """Their evaluation interval (None: `eval_every`)."""
+    pretrain_fraction: Optional[float] = None
+    """recipe-rescue: the training fraction its self-supervised pretraining reads, labels
+    unused (a user with more images than labels; None: `train_fraction`)."""
+    pretrain_epochs: int = 1
+    """recipe-rescue: epochs of that pretraining (MAE, the mae-cpu recipe)."""
     distill_stack: Literal["full", "light"] = "full"
     """Augmentation of the distillation studies' students and ViT teachers (distill-heads,
     teacher-kind, data-scale): `full` (FULL_DEIT) or `light` (LIGHT_DEIT: RandAugment m9 on
@@ -58,7 +63,8 @@ BUDGETS = {
     "tiny": Budget("tiny", "digits", epochs=2, train_fraction=0.25, img_size=32, patch_size=8,
                    depth=2, batch_size=32, teacher_epochs=1, eval_train_images=128,
                    eval_every=1, num_workers=0, fractions=(0.25, 0.5),
-                   scale_fractions=(0.125, 0.25, 0.5), recipe="quickstart"),
+                   scale_fractions=(0.125, 0.25, 0.5), recipe="quickstart",
+                   pretrain_fraction=0.5, pretrain_epochs=1),
     # CIFAR-10 on 2 CPU cores, each study within about 45 minutes (docs/studies/README.md has
     # the measured times and regimes). The augmentation studies run where weak augmentation
     # over-fits (500 images, 160 epochs). The others need converged students (validation
@@ -78,7 +84,7 @@ BUDGETS = {
                     eval_every=20, num_workers=2, fractions=(0.005, 0.01),
                     scale_fractions=(0.005, 0.01, 0.02), recipe="small-data-cpu",
                     overfit_fraction=0.01, overfit_epochs=160, overfit_eval_every=20,
-                    distill_stack="light"),
+                    distill_stack="light", pretrain_fraction=0.2, pretrain_epochs=10),
     # one GPU, each study within about 5 minutes with 3 seeds (--seeds 3), the data on the
     # device (data.on_device=auto picks it for CIFAR-10). Planned from issue 13's step
     # measurements (DeiT-Tiny at 32 px: 6,000-30,000 images/s on an H100); not yet run. The
@@ -89,21 +95,23 @@ BUDGETS = {
                   eval_every=10, num_workers=8, fractions=(0.02, 0.1),
                   scale_fractions=(0.01, 0.1, 0.3), recipe="small-data-cpu",
                   overfit_fraction=0.05, overfit_epochs=100, overfit_eval_every=25,
-                  distill_stack="light"),
+                  distill_stack="light", pretrain_fraction=1.0, pretrain_epochs=20),
     # one GPU: full training set, the small-data-cpu recipe's model
     "full": Budget("full", None, epochs=100, train_fraction=1.0, img_size=32, patch_size=4,
                    depth=12, batch_size=128, teacher_epochs=30, eval_train_images=5000,
                    eval_every=5, num_workers=8, fractions=(0.1, 0.25, 0.5, 1.0),
-                   scale_fractions=(0.03, 0.1, 0.3, 1.0), recipe="small-data-cpu"),
+                   scale_fractions=(0.03, 0.1, 0.3, 1.0), recipe="small-data-cpu",
+                   pretrain_fraction=1.0, pretrain_epochs=50),
 }
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """A teacher that several runs share: a CNN (`deitkit teacher`) or a ViT (a DeiT trained
-    on labels only)."""
+    """A model that several runs share: a teacher, a CNN (`deitkit teacher`) or a ViT (a
+    DeiT trained on labels only), or a student's starting weights, an encoder pretrained
+    without labels (`deitkit pretrain`)."""
     model: str
-    kind: str                  # "cnn" or "vit"
+    kind: str                  # "cnn", "vit" or "mae"
     recipe: str
     overrides: tuple = ()
     label: str = ""
@@ -128,6 +136,8 @@ class RunSpec:
     role: str = "student"
     teacher: Optional[TeacherSpec] = None
     recipe: Optional[str] = None
+    weights: Optional[TeacherSpec] = None
+    """A pretraining run (kind `mae`) whose encoder the student starts from (`model.weights`)."""
 
 
 @dataclass
@@ -205,3 +215,14 @@ def vit_teacher(b: Budget, fraction: float) -> TeacherSpec:
         f"model.patch_size={b.patch_size}", f"model.overrides={{depth: {b.depth}}}",
         "distill.kind=none", *distill_aug(b), "optim.warmup_epochs=2"),
         label=f"DeiT @ {fraction:g}")
+
+
+def mae_encoder(b: Budget) -> TeacherSpec:
+    """Self-supervised pretraining (MAE, the mae-cpu recipe) of the distilled students' encoder
+    on `b.pretrain_fraction` of the training images, their labels unused."""
+    f = b.pretrain_fraction or b.train_fraction
+    return TeacherSpec("deit_tiny_distilled_patch16_224", "mae", "mae-cpu", (
+        f"data.train_fraction={f}", f"epochs={b.pretrain_epochs}",
+        f"optim.warmup_epochs={min(5, max(0, b.pretrain_epochs - 1))}",
+        f"model.patch_size={b.patch_size}", f"model.overrides={{depth: {b.depth}}}",
+        ), label=f"MAE @ {f:g}")
