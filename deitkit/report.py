@@ -54,7 +54,7 @@ def caption(spec: dict, seeds: int) -> str:
 def plot_png(spec: dict, out: Path, seeds: int = 1) -> None:
     """A line plot (with error bars) or a grouped bar chart from a plot spec, its caption
     (`caption`) printed under it; `band` [lo, hi] shades that y range (e.g. the claims'
-    practical threshold)."""
+    practical threshold); `xticks` [[x, label], ...] labels the x axis of a line plot."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.3), dpi=90)
     series = spec["series"]
@@ -85,6 +85,9 @@ def plot_png(spec: dict, out: Path, seeds: int = 1) -> None:
                         label=s["label"], color=color, linestyle=s.get("linestyle", "-"))
         if spec.get("xlog"):
             ax.set_xscale("log")
+        if spec.get("xticks"):  # [[x, label], ...]: e.g. a setting that is not a number
+            ax.set_xticks([x for x, _ in spec["xticks"]])
+            ax.set_xticklabels([lab for _, lab in spec["xticks"]])
     ax.set_title(spec["title"], fontsize=10)
     ax.set_xlabel(spec.get("xlabel", ""))
     ax.set_ylabel(spec.get("ylabel", ""))

@@ -145,17 +145,17 @@ def test_runs_compare_lists_a_study_sorted(root, capsys):
 def test_finished_study_is_not_rerun(root):
     files = [p for p in root.glob("aug-strength-*/runs/*/*") if p.is_file()]
     before = {p: p.stat().st_mtime_ns for p in files}
-    assert len([p for p in before if p.name == "summary.json"]) == 4
+    assert len([p for p in before if p.name == "summary.json"]) == 5  # off, m0, m5, m9, m14
     lines = []
     run_study("aug-strength", budget="tiny", root=root, device="cpu", log=lines.append)
-    assert sum("(finished before)" in line for line in lines) == 4
+    assert sum("(finished before)" in line for line in lines) == 5
     # not one file of a finished run was rewritten (no training, no checkpoint, no summary)
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
 def test_finished_run_with_another_configuration_is_refused(root):
     # a finished run is reused only if the study asks for the same configuration now
-    with pytest.raises(ConfigError, match=r"m0-s0' finished with a different configuration.*"
+    with pytest.raises(ConfigError, match=r"(off|m0)-s0' finished with a different configuration.*"
                                           r"aug\.smoothing"):
         run_study("aug-strength", budget="tiny", root=root, device="cpu", log=lambda *a: None,
                   overrides=("aug.smoothing=0.3",))
@@ -163,7 +163,7 @@ def test_finished_run_with_another_configuration_is_refused(root):
     lines = []
     run_study("aug-strength", budget="tiny", root=root, device="cpu", log=lines.append,
               overrides=("data.num_workers=1",))
-    assert sum("(finished before)" in line for line in lines) == 4
+    assert sum("(finished before)" in line for line in lines) == 5
 
 
 def test_parallel_jobs_train_the_same_runs_as_one_at_a_time(tmp_path):
@@ -231,10 +231,14 @@ def test_study_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the report generator on recorded metric files (no training)
 
-def _fake_run(folder, train_clean, val, epochs=3):
+def _fake_run(folder, train_clean, val, epochs=3, rise=None):
+    """A finished run's files; its curve rises linearly to (train_clean, val), by `rise`
+    (a fraction) over its last epoch when given."""
     folder.mkdir(parents=True)
-    lines = [json.dumps({"epoch": e + 1, "train_top1": 0.1, "fused_top1": val * (e + 1) / epochs,
-                         "train_clean_top1": train_clean * (e + 1) / epochs})
+    def at(e, end):
+        return end * (e + 1) / epochs if rise is None else end - rise * (epochs - 1 - e)
+    lines = [json.dumps({"epoch": e + 1, "train_top1": 0.1, "fused_top1": at(e, val),
+                         "train_clean_top1": at(e, train_clean)})
              for e in range(epochs)]
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (folder / "summary.json").write_text(json.dumps({
@@ -249,10 +253,11 @@ def _recorded_study(tmp_path, numbers):
     study_dir = tmp_path / "aug-strength-recorded"
     runs = []
     for m, seeds in numbers.items():
+        name = m if m == "off" else f"m{m}"
         for seed, (tr, va) in enumerate(seeds):
-            d = study_dir / "runs" / f"m{m}-s{seed}"
+            d = study_dir / "runs" / f"{name}-s{seed}"
             _fake_run(d, tr, va)
-            runs.append({"name": f"m{m}", "labels": {"magnitude": m}, "seed": seed,
+            runs.append({"name": name, "labels": {"magnitude": m}, "seed": seed,
                          "role": "student", "overrides": [], "teacher": None,
                          **collect_run(d), "run_dir": str(d)})
     record = {"study": "aug-strength", "title": S["aug-strength"].title,
@@ -267,7 +272,8 @@ def _recorded_study(tmp_path, numbers):
 
 
 def test_report_from_recorded_metrics(tmp_path):
-    # gap (train - val) shrinks from 40 points at m0 to 10 at m14, at 3 seeds: the claim holds
+    # gap (train - val) shrinks from 40 points at m0 to 19 at m9, at 3 seeds: the claim holds;
+    # validation rises 11 points to m9 and falls 1 point at every seed from m9 to m14
     numbers = {0: [(0.95, 0.55), (0.93, 0.53), (0.94, 0.54)],
                5: [(0.90, 0.60), (0.88, 0.60), (0.89, 0.60)],
                9: [(0.85, 0.66), (0.83, 0.64), (0.84, 0.65)],
@@ -281,22 +287,59 @@ def test_report_from_recorded_metrics(tmp_path):
     assert any("narrowed it, as claimed" in f for f in record["findings"])
     # over-fitting at magnitude 0 (40 points): the regime the claim needs; the gap narrowed
     assert record["claims"][0]["status"] == "supported"
-    assert record["claims"][0]["diff"]["mean"] == pytest.approx(-30.0)
+    assert record["claims"][0]["diff"]["mean"] == pytest.approx(-21.0)
     assert "over-fits" in record["claims"][0]["why"]
-    assert "memorised" in record["advice"] and "magnitude 9" in record["advice"]
+    assert record["claims"][1]["status"] == "supported"
+    assert record["claims"][1]["diff"]["mean"] == pytest.approx(11.0)
+    assert record["claims"][2]["status"] == "supported"  # -1.0 at each seed: at the threshold
+    assert record["claims"][2]["diff"]["mean"] == pytest.approx(-1.0)
+    assert "94.0 % clean training top-1 against 54.0 % validation" in record["advice"]
+    assert "magnitude 9" in record["advice"]
     assert any("highest at magnitude 9" in f for f in record["findings"])
     curves = record["plots"][1]["series"]
     assert curves[0]["x"] == [1, 2, 3] and curves[0]["y"][-1] == pytest.approx(54.0)
 
 
-@pytest.mark.parametrize("full_val, advice", [
-    (0.275, "start from flips and crops"),   # the heavy stack under-fits: refuted (measured)
-    (0.40, "start from the full stack"),     # the heavy stack wins: supported
+def test_randaugment_off_is_its_own_setting(tmp_path):
+    """Magnitude 0 is not RandAugment off (autocontrast, equalize, invert and posterize still
+    apply): the sweep has an `off` run, flips and crops only, with no colour jitter in its
+    place; the report puts it first, on the plot's axis as "off"."""
+    from deitkit.config import build_config
+    from deitkit.studies.aug_strength import OFF_X
+    from deitkit.studies.catalog import STUDIES as S
+    from deitkit.studies.runner import BUDGETS, StudyRunner
+    b = BUDGETS["quick"]
+    runner = StudyRunner(tmp_path, "digits", b, 1, log=lambda *a: None, device="cpu")
+    spec = next(r for r in S["aug-strength"].runs(b) if r.name == "off")
+    cfg = build_config(b.recipe, overrides=runner.common(0, tmp_path / "off") + spec.overrides)
+    assert (cfg.aug.rand_augment, cfg.aug.color_jitter, cfg.aug.mixup) == ("", 0, 0)
+    numbers = _seeds({"off": (0.97, 0.50), 0: (0.94, 0.54), 5: (0.90, 0.60),
+                      9: (0.84, 0.65), 14: (0.74, 0.64)})
+    _, record = _recorded_study(tmp_path / "rec", numbers)
+    rows = record["tables"][0]["rows"]
+    assert [r[0] for r in rows] == ["off", 0, 5, 9, 14]
+    assert rows[0][3]["mean"] == pytest.approx(47.0)
+    assert any("Magnitude 0 against RandAugment off" in f and "validation +4.00" in f
+               and "raised validation" in f for f in record["findings"])
+    plot = record["plots"][0]
+    assert plot["series"][1]["x"] == [OFF_X, 0, 5, 9, 14]
+    assert plot["xticks"][0] == [OFF_X, "off"]
+
+
+@pytest.mark.parametrize("full_val, full_rise, advice, status", [
+    # the heavy stack loses, levelled off: refuted
+    (0.275, 0.002, "start from flips and crops", "refuted"),
+    # the heavy stack wins: supported
+    (0.40, 0.0, "start from the full stack", "supported"),
+    # the quick report's case (measured): it loses while still rising 2 points per quarter,
+    # it under-fits: not judged
+    (0.275, 0.02, "start from flips and crops", "not shown at this budget"),
 ])
-def test_aug_ablation_advice_follows_the_verdict(tmp_path, full_val, advice):
+def test_aug_ablation_advice_follows_the_verdict(tmp_path, full_val, full_rise, advice, status):
     """The closing advice follows who won: at the quick budget the full stack closed a
     34-point gap but lost 2.6 points of validation (measured), and the advice must not then
-    say 'start from the full stack'."""
+    say 'start from the full stack'; the claims are judged only where the full stack has
+    levelled off (not under-fitting)."""
     from deitkit.studies.aug_ablation import LEAVE_ONE_OUT, _slug
     from deitkit.studies.catalog import STUDIES as S
     from deitkit.studies.runner import collect_run
@@ -306,13 +349,17 @@ def test_aug_ablation_advice_follows_the_verdict(tmp_path, full_val, advice):
     for name, (tr, va) in settings.items():
         for seed, jitter in enumerate((0.0, 0.002, 0.001)):
             d = tmp_path / "runs" / f"{name}-s{seed}"
-            _fake_run(d, tr + jitter, va + jitter)
+            _fake_run(d, tr + jitter, va + jitter,
+                      rise=full_rise if name == "full" else 0.001)
             runs.append({"name": name, "labels": {}, "seed": seed, "role": "student",
                          "overrides": [], "teacher": None, **collect_run(d), "run_dir": str(d)})
     record = {"study": "aug-ablation", "runs": runs, "seeds": 3}
     res = S["aug-ablation"].analyze(record, tmp_path)
     assert advice in res["advice"]
-    assert res["claims"][0]["status"] == ("refuted" if full_val < 0.30 else "supported")
+    assert res["claims"][0]["status"] == status
+    if full_rise >= 0.01:  # the gap and component claims are not judged either
+        assert {c["status"] for c in res["claims"]} == {status}
+        assert "under-fits" in res["claims"][0]["why"] and "2.00 points" in res["claims"][0]["why"]
 
 
 def _seeds(numbers, n=3):
@@ -329,10 +376,11 @@ def test_report_says_when_data_contradict_the_claim(tmp_path):
     assert "does not over-fit" in record["claims"][0]["why"]
     assert "did not over-fit" in record["advice"]
     # over-fitting (30 points at magnitude 0) and a gap that widens: refuted
-    numbers = _seeds({0: (0.90, 0.60), 5: (0.92, 0.60), 9: (0.95, 0.60), 14: (0.99, 0.55)})
+    numbers = _seeds({0: (0.90, 0.60), 5: (0.92, 0.60), 9: (0.95, 0.55), 14: (0.99, 0.58)})
     _, record = _recorded_study(tmp_path / "wider", numbers)
     assert record["claims"][0]["status"] == "refuted"
-    assert record["claims"][1]["status"] == "refuted"  # validation fell by 5 points
+    assert record["claims"][1]["status"] == "refuted"  # validation fell by 5 points to m9
+    assert record["claims"][2]["status"] == "refuted"  # and rose 3 beyond it
     # and when the change is within noise it says that instead of a verdict
     numbers = _seeds({m: (0.70, 0.60) for m in (0, 5, 9, 14)})
     _, record = _recorded_study(tmp_path / "flat", numbers)
@@ -362,8 +410,8 @@ def test_paired_differences_cancel_what_seeds_share(tmp_path):
     m0, m14 = (agg([r["summary"]["fused_top1"] for r in record["runs"] if r["name"] == n])
                for n in ("m0", "m14"))
     assert compare(m14["mean"], m0["mean"], max(m0["std"], m14["std"])) == 0  # unpaired: noise
-    assert any("changed by -2.00 ± 0.00 points" in f and "cost accuracy" in f
-               for f in record["findings"])
+    assert any("0 to 9 validation top-1 changed by -1.50 ± 0.00 points" in f and
+               "cost accuracy" in f for f in record["findings"])
     # a pairing over two metrics of the same runs
     assert paired(record, "m0", "m0", "train_clean_top1", "fused_top1")["mean"] == 2.0
     # seeds present in only one of the two settings are left out
@@ -590,6 +638,77 @@ def test_the_class_only_baseline_is_scored_on_its_class_head(tmp_path):
     res = S["distill-heads"].analyze(record, tmp_path)
     want = statistics.fmean(100 * (v - 0.40) for v in hard.values())
     assert res["claims"][0]["diff"]["mean"] == pytest.approx(want, abs=0.01)
+
+
+@pytest.mark.parametrize("teacher_lead, judged_", [(12.0, True), (5.0, False)])
+def test_distillation_claims_need_a_teacher_well_above_the_student(tmp_path, teacher_lead,
+                                                                   judged_):
+    """How to distil (tokens, fusion, hard or soft) is judged only with a teacher at least
+    10 points above the student trained without one (the recorded quick runs, converged,
+    with their teacher moved to `teacher_lead` points above the no-distillation student)."""
+    from deitkit.studies.catalog import STUDIES as S
+    from deitkit.studies.stats import NOT_SHOWN
+    record = _committed_record("distill-heads-quick", tmp_path, seeds=3)
+    plain = statistics.fmean(r["summary"]["fused_top1"] for r in record["runs"]
+                             if r["name"] == "no-distill")
+    for r in record["runs"]:
+        v = r["summary"].get("fused_top1")
+        if v is not None:
+            r["curve"] = [{"epoch": 80, "fused_top1": v}, {"epoch": 160, "fused_top1": v}]
+        if "teacher_top1" in r["summary"]:
+            r["summary"]["teacher_top1"] = plain + teacher_lead / 100
+    res = S["distill-heads"].analyze(record, tmp_path)
+    assert len(res["claims"]) == 3
+    for c in res["claims"]:
+        assert (f"{teacher_lead:.1f} points above the student trained without it"
+                in c["why"])
+        assert (c["why"].startswith("converged") and "too little" not in c["why"]) == judged_
+        if not judged_:
+            assert c["status"] == NOT_SHOWN and "10 needed" in c["why"]
+
+
+@pytest.mark.parametrize("budget", ["tiny", "quick", "full"])
+def test_data_scale_compares_a_cnn_and_a_vit_of_similar_size(tmp_path, budget):
+    """data-scale's CNN is built at the width that gives it about the ViT's parameters."""
+    from deitkit.build import build_student
+    from deitkit.config import build_config
+    from deitkit.models.teacher import create_cnn
+    from deitkit.studies.data_scale import MATCHED_SIZE
+    from deitkit.studies.runner import BUDGETS, StudyRunner
+    b = BUDGETS[budget]
+    runner = StudyRunner(tmp_path, "digits", b, 1, log=lambda *a: None, device="cpu")
+    specs = STUDIES["data-scale"].runs(b)
+    cnn_spec = next(s for s in specs if s.name.startswith("cnn-")).teacher
+    vit_spec = next(s for s in specs if s.name.startswith("vit-"))
+    cnn_cfg = build_config(cnn_spec.recipe, overrides=runner.common(0, tmp_path / "c") +
+                           [f"model.name={cnn_spec.model}", *cnn_spec.overrides])
+    vit_cfg = build_config(b.recipe, overrides=runner.common(0, tmp_path / "v") +
+                           vit_spec.overrides)
+    with torch.device("meta"):
+        n_cnn = sum(p.numel() for p in create_cnn(cnn_cfg.model.name, 10,
+                                                  **cnn_cfg.model.overrides).parameters())
+        n_vit = sum(p.numel() for p in build_student(vit_cfg, 10).parameters())
+    assert max(n_cnn, n_vit) / min(n_cnn, n_vit) <= MATCHED_SIZE
+
+
+@pytest.mark.parametrize("cnn_params, status", [
+    (4.93e6, "not shown at this budget"),  # the committed report's full-width CNN: 1.82x
+    (2.77e6, "refuted"),                   # similar size: the deficit grew 3.71 ± 0.86 points
+])
+def test_data_scale_deficit_claim_needs_similar_sizes(tmp_path, cnn_params, status):
+    """'the ViT's deficit to the CNN shrinks as data grows' is judged (and refutable) with
+    CNN and ViT of similar size, without needing a crossover in range (the recorded quick
+    runs, 3 seeds, converged)."""
+    from deitkit.studies.catalog import STUDIES as S
+    record = _committed_record("data-scale-quick", tmp_path, seeds=3)
+    for r in record["runs"]:
+        if r["labels"]["model"] == "CNN":
+            r["summary"]["parameters"] = cnn_params
+    res = S["data-scale"].analyze(record, tmp_path)
+    c = res["claims"][1]
+    assert c["claim"] == "the ViT's deficit to the CNN shrinks as data grows"
+    assert c["status"] == status
+    assert ("of similar size" in c["why"]) == (status == "refuted")
 
 
 def _rescue_record(vals: dict) -> dict:

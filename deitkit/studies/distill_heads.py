@@ -10,7 +10,8 @@ from ..config import ConfigError
 from ..data import DataError
 from .gallery import disagreement_gallery
 from .spec import Budget, RunSpec, Study, cnn_teacher, distill_aug, student_args
-from .stats import chance_note, claim, converged, judged, mean_of, metric, paired, pts, runs_of
+from .stats import (chance_note, claim, converged, judged, mean_of, metric, paired, pts, runs_of,
+                    teacher_ahead)
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +76,23 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
              up="distillation helped.", same="within noise.",
              down="distillation hurt at this budget.")),
     ]
-    testable, regime = converged(record, [n for n, _ in HEAD_RUNS])
+    done, regime = converged(record, [n for n, _ in HEAD_RUNS])
+    ahead, ahead_regime = teacher_ahead(record, "both-hard", "no-distill")
+    testable, why = done and ahead, (f"{regime}; {ahead_regime}" if done else regime)
     # the class-only run's prediction is its class head (its distillation head is untrained:
     # its fused output would average that in and flatter "the distillation token adds")
     vs_class = paired(record, "both-hard", "class-only", "fused_top1", "cls_top1")
     claims = [claim("the distillation token adds to the class token (both tokens with a "
-                    "teacher beat the class token alone)", vs_class, +1, testable, regime,
+                    "teacher beat the class token alone)", vs_class, +1, testable, why,
                     "fused, both tokens hard minus the class-only run's class head"),
               claim("fusing the two heads beats the better single head", second, +1, testable,
-                    regime, "fused minus the better head, same runs"),
+                    why, "fused minus the better head, same runs"),
               claim("hard distillation beats soft (the paper's finding)", hard_soft, +1,
-                    testable, regime, "fused, hard minus soft")]
+                    testable, why, "fused, hard minus soft")]
     hard_runs = runs_of(record, "both-hard")
     n_img = hard_runs[0]["summary"].get("train_images") if hard_runs else None
     teacher = metric(record, "both-hard", "teacher_top1")
-    state = ("trained to convergence" if testable else
+    state = ("trained to convergence" if done else
              "stopped before converging (" + regime.split(": ", 1)[-1] + ")")
     lead = judged(
         vs_none,
@@ -97,8 +100,7 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
            "tokens and predict with the fused heads: ",
         same="Distillation did not pay beyond noise here, and it costs a teacher forward pass "
              "every step: distil only with a teacher well above your student on the views it "
-             "trains on (a teacher that fits the training images hands back nearly their own "
-             "labels), and then train with both tokens and predict with the fused heads: ",
+             "trains on, and then train with both tokens and predict with the fused heads: ",
         down="Distillation cost accuracy here: on data like this, train without a teacher or "
              "find a better one; if you distil, train with both tokens and predict with the "
              "fused heads: ")

@@ -189,10 +189,11 @@ def epoch_args(b: Budget, fraction: float, epochs: int) -> list[str]:
     return [f"epochs={e}", f"eval_every={every}"]
 
 
-def cnn_teacher(b: Budget, fraction: float, model: str = "resnet18") -> TeacherSpec:
+def cnn_teacher(b: Budget, fraction: float, model: str = "resnet18",
+                overrides: tuple = ()) -> TeacherSpec:
     return TeacherSpec(model, "cnn", "cnn-teacher", (
         f"data.train_fraction={fraction}", *epoch_args(b, fraction, b.teacher_epochs),
-        "model.small_stem=false"), label=f"{model} @ {fraction:g}")
+        "model.small_stem=false", *overrides), label=f"{model} @ {fraction:g}")
 
 
 def matched_cnn_teacher(b: Budget, fraction: float, other: TeacherSpec) -> TeacherSpec:
