@@ -191,15 +191,15 @@ def test_parallel_jobs_train_the_same_runs_as_one_at_a_time(tmp_path):
     assert len(b["teachers_trained"]) == len(a["teachers_trained"]) == 4
     assert not b["teachers_reused"]
     plan = next(line for line in lines if "at a time" in line)  # the numbers, not the wording
-    assert [int(n) for n in re.findall(r"\d+", plan)] == [4, 4, 2, 1]
-    assert sum(line.startswith("  finished ") for line in lines) == 8
+    assert [int(n) for n in re.findall(r"\d+", plan)] == [4, 6, 2, 1]
+    assert sum(line.startswith("  finished ") for line in lines) == 10
     assert not any("(finished before)" in line for line in lines)
     # a finished study started again with jobs trains nothing
     lines = []
     run_study("teacher-kind", budget="tiny", root=tmp_path / "par", device="cpu",
               log=lines.append, jobs=2)
     assert any(line.startswith("0 teacher(s), then 0 run(s), 2 at a time") for line in lines)
-    assert sum("(finished before)" in line for line in lines) == 4
+    assert sum("(finished before)" in line for line in lines) == 6
 
 
 def test_a_failed_parallel_run_names_itself(tmp_path):
@@ -581,7 +581,8 @@ def test_teacher_kind_advice_follows_the_verdict(tmp_path, lift, status, advice)
     its students won beyond noise, and say so when the ViT teacher's did (the recorded quick
     runs, with every student's last quarter made flat so the claim is judged)."""
     from deitkit.studies.catalog import STUDIES as S
-    record = _committed_record("teacher-kind-quick", tmp_path, seeds=3)
+    record = _with_plain_students(_committed_record("teacher-kind-quick", tmp_path, seeds=3),
+                                  below_teacher=0.12)
     for r in record["runs"]:
         if r["name"].startswith("student-"):
             if r["name"].startswith("student-cnn"):
@@ -592,6 +593,47 @@ def test_teacher_kind_advice_follows_the_verdict(tmp_path, lift, status, advice)
     res = S["teacher-kind"].analyze(record, tmp_path)
     assert res["claims"][0]["status"] == status
     assert advice in res["advice"]
+
+
+def _with_plain_students(record: dict, below_teacher: float) -> dict:
+    """teacher-kind's record with a student trained without a teacher at each fraction,
+    `below_teacher` (a fraction: 0.12 is 12 points) under the ViT teacher as its students used it (the committed quick
+    report predates that run)."""
+    for r in [r for r in record["runs"] if r["name"].startswith("student-vit-")]:
+        plain = copy.deepcopy(r)
+        plain["name"] = r["name"].replace("student-vit-", "student-none-")
+        plain["summary"]["fused_top1"] = r["summary"]["teacher_top1"] - below_teacher
+        plain["summary"].pop("teacher_top1")
+        record["runs"].append(plain)
+    return record
+
+
+@pytest.mark.parametrize("below, testable", [(0.12, True), (0.06, False), (None, False)])
+def test_teacher_kind_is_judged_only_with_teachers_well_above_the_plain_student(
+        tmp_path, below, testable):
+    """The kind of teacher can only matter where the teachers have something to hand on:
+    both at least 10 points above the ViT trained without one; a record without that run
+    says so rather than judging."""
+    from deitkit.studies.catalog import STUDIES as S
+    record = _committed_record("teacher-kind-quick", tmp_path, seeds=3)
+    if below is not None:
+        record = _with_plain_students(record, below)
+    for r in record["runs"]:
+        if r["name"].startswith("student-"):
+            if r["name"].startswith("student-cnn"):
+                r["summary"]["fused_top1"] += 0.08  # far beyond noise when judged
+            v = r["summary"]["fused_top1"]
+            r["curve"] = [{"epoch": 1, "fused_top1": v}, {"epoch": 4, "fused_top1": v}]
+    res = S["teacher-kind"].analyze(record, tmp_path)
+    first = res["claims"][0]
+    assert (first["status"] == "supported") == testable
+    if below == 0.06:
+        assert "only 6.0 points above the student trained without it (10 needed)" in first["line"]
+    if below is None:
+        assert "no student trained without a teacher ('student-none-f0.005')" in first["line"]
+    else:  # the distillation lift against no teacher is reported
+        assert any(f.startswith("Against the same ViT trained without a teacher")
+                   for f in res["findings"])
 
 
 def _d(n, mean=1.5, std=0.5):

@@ -230,20 +230,24 @@ def converged(record: dict, names: list) -> tuple[bool, str]:
 TEACHER_AHEAD_POINTS = 10.0  # a distillation claim needs a teacher this far above the student
 
 
-def teacher_ahead(record: dict, distilled: str, plain: str) -> tuple[bool, str]:
+def teacher_ahead(record: dict, distilled: str, plain: str,
+                  who: str = "the teacher") -> tuple[bool, str]:
     """(the teacher of run `distilled` is at least TEACHER_AHEAD_POINTS above the student
     trained without one (run `plain`), the sentence); means over seeds. Below that the
     teacher has little to hand on (the quick distillation studies measured a 12-point teacher
     and distillation within noise), so claims about how to distil cannot be tested."""
     teacher = metric(record, distilled, "teacher_top1")
     student = metric(record, plain, "fused_top1")
-    if teacher is None or student is None:
-        return False, "no teacher accuracy was recorded"
+    if teacher is None:
+        return False, f"no accuracy was recorded for {who}"
+    if student is None:
+        return False, (f"no student trained without a teacher ('{plain}') is in this record, so "
+                       f"whether {who} has anything to hand on is not known")
     lead = teacher["mean"] - student["mean"]
     if lead >= TEACHER_AHEAD_POINTS:
-        return True, (f"the teacher ({teacher['mean']:.1f} %) is {lead:.1f} points above the "
+        return True, (f"{who} ({teacher['mean']:.1f} %) is {lead:.1f} points above the "
                       "student trained without it")
-    return False, (f"the teacher ({teacher['mean']:.1f} %) is only {lead:.1f} points above the "
+    return False, (f"{who} ({teacher['mean']:.1f} %) is only {lead:.1f} points above the "
                    f"student trained without it ({TEACHER_AHEAD_POINTS:g} needed): it has too "
                    "little to hand on to test how to distil")
 

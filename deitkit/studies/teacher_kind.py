@@ -8,7 +8,7 @@ from pathlib import Path
 from .spec import (Budget, RunSpec, Study, distill_aug, epoch_args, matched_cnn_teacher,
                    student_args, vit_teacher)
 from .stats import (MATCHED_POINTS, agg, chance_note, claim, converged, judged, mean_of, metric,
-                    pts, runs_of)
+                    paired, pts, runs_of, teacher_ahead)
 
 
 def _teacher_kind_runs(b: Budget) -> list:
@@ -17,8 +17,8 @@ def _teacher_kind_runs(b: Budget) -> list:
         # the CNN is used at the epoch whose accuracy is closest to the ViT teacher's best
         vit = vit_teacher(b, f)
         cnn = matched_cnn_teacher(b, f, vit)
-        student = [*student_args(b, True), *distill_aug(b), "distill.kind=hard",
-                   f"data.train_fraction={f}", *epoch_args(b, f, b.epochs)]
+        data = [f"data.train_fraction={f}", *epoch_args(b, f, b.epochs)]
+        student = [*student_args(b, True), *distill_aug(b), "distill.kind=hard", *data]
         runs += [RunSpec(f"cnn-teacher-f{f:g}", {"fraction": f, "teacher": "cnn"}, role="teacher",
                          teacher=cnn),
                  RunSpec(f"vit-teacher-f{f:g}", {"fraction": f, "teacher": "vit"}, role="teacher",
@@ -26,7 +26,11 @@ def _teacher_kind_runs(b: Budget) -> list:
                  RunSpec(f"student-cnn-f{f:g}", {"fraction": f, "teacher": "cnn"}, student,
                          teacher=cnn),
                  RunSpec(f"student-vit-f{f:g}", {"fraction": f, "teacher": "vit"}, student,
-                         teacher=vit)]
+                         teacher=vit),
+                 # the same ViT without a teacher: the kind of teacher can only matter where
+                 # the teachers are well above what the student reaches on its own
+                 RunSpec(f"student-none-f{f:g}", {"fraction": f, "teacher": "none"},
+                         [*student_args(b, False), *distill_aug(b), "distill.kind=none", *data])]
     return runs
 
 
@@ -50,7 +54,8 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
                  for c, v in zip(runs_of(record, f"student-cnn-f{f:g}"),
                                  runs_of(record, f"student-vit-f{f:g}"))])
         n_img = runs_of(record, f"student-cnn-f{f:g}")[0]["summary"]["train_images"]
-        rows.append([f, n_img, tc, tv, round(mean_of(tc) - mean_of(tv), 2), sc, sv, a])
+        rows.append([f, n_img, tc, tv, round(mean_of(tc) - mean_of(tv), 2), sc, sv,
+                     metric(record, f"student-none-f{f:g}", "fused_top1"), a])
         adv.append(a)
     xs = [math.log10(r[1]) for r in rows]
     ys = [mean_of(a) for a in adv]
@@ -66,21 +71,34 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
         first, last = adv_by_seed(fr[0]), adv_by_seed(fr[-1])
         shift = agg([last[k] - first[k] for k in last if k in first])
     matched = [abs(r[4]) <= MATCHED_POINTS for r in rows]
-    done, regime = converged(record, [f"student-{k}-f{f:g}" for f in fr for k in ("cnn", "vit")])
+    done, regime = converged(record, [f"student-{k}-f{f:g}" for f in fr
+                                      for k in ("cnn", "vit", "none")
+                                      if runs_of(record, f"student-{k}-f{f:g}")])
     where = [i for i, m in enumerate(matched) if m]
     at = where[0] if where else 0
     match_text = (f"teachers matched within {MATCHED_POINTS:g} points at "
                   f"{', '.join(f'{rows[i][1]:,}' for i in where)} images" if where else
                   f"teachers not matched (closest {min(tgap):.2f} points apart; "
                   f"{MATCHED_POINTS:g} needed)")
+
+    def ahead(i: int) -> tuple[bool, str]:
+        # both teachers (as used) far enough above the student trained without one
+        f = fr[i]
+        checks = [teacher_ahead(record, f"student-{k}-f{f:g}", f"student-none-f{f:g}", kind)
+                  for k, kind in (("cnn", "the CNN teacher"), ("vit", "the ViT teacher"))]
+        return all(ok for ok, _ in checks), f"at {rows[i][1]:,} images " + "; ".join(
+            why for _, why in checks)
+    first_ok, first_why = ahead(at)
+    ends = [ahead(0), ahead(len(fr) - 1)]
     claims = [claim(f"a CNN teacher helps more than a ViT teacher of similar accuracy (at "
-                    f"{rows[at][1]:,} images)", adv[at], +1, bool(where) and done,
-                    f"{match_text}; students {regime}",
+                    f"{rows[at][1]:,} images)", adv[at], +1, bool(where) and done and first_ok,
+                    f"{match_text}; students {regime}; {first_why}",
                     "student with the CNN teacher minus with the ViT teacher"),
               claim("the CNN teacher's advantage shrinks as data grows", shift, -1,
-                    len(fr) > 1 and matched[0] and matched[-1] and done,
-                    (f"{match_text}; students {regime}" if len(fr) > 1 else
-                     "one training-set size only"),
+                    len(fr) > 1 and matched[0] and matched[-1] and done
+                    and all(ok for ok, _ in ends),
+                    (f"{match_text}; students {regime}; " + "; ".join(w for _, w in ends)
+                     if len(fr) > 1 else "one training-set size only"),
                     f"advantage at {rows[-1][1]:,} minus at {rows[0][1]:,} images")]
     a0 = mean_of(adv[at])
     advice = (f"At {rows[at][1]:,} training images, with teachers at {mean_of(rows[at][2]):.1f}% "
@@ -95,7 +113,14 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
               }.get(claims[0]["status"],
                     "Here the kind of teacher mattered less than the noise or the regime allows "
                     "to tell; on your data, pick the most accurate teacher you can afford."))
+    lifts = [(rows[i][1], paired(record, f"student-cnn-f{f:g}", f"student-none-f{f:g}"),
+              paired(record, f"student-vit-f{f:g}", f"student-none-f{f:g}"))
+             for i, f in enumerate(fr)]
     findings = chance_note(record) + [
+        "Against the same ViT trained without a teacher, distillation moved the student by " +
+        "; ".join(f"{pts(c)} (CNN teacher) and {pts(v)} (ViT teacher) at {n:,} images"
+                  for n, c, v in lifts) + "."
+        if all(c and v for _, c, v in lifts) else ""] + [
         (f"The CNN and ViT teachers differed by {min(tgap):.2f} to {max(tgap):.2f} points of "
          "validation top-1 across fractions (positive: the CNN was better; see the table), so "
          "the comparison is " + ("fair" if max(tgap) <= 3 else
@@ -115,14 +140,15 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
                     "columns": ["fraction", "train images", "CNN teacher (as used)",
                                 "ViT teacher",
                                 "teacher gap (points)", "student (CNN teacher)",
-                                "student (ViT teacher)", "CNN advantage (points)"],
+                                "student (ViT teacher)", "student (no teacher)",
+                                "CNN advantage (points)"],
                     "rows": rows}],
         "plots": [{"file": "cnn_advantage.png", "title": "CNN teacher's advantage vs data size",
                    "xlabel": "training images", "ylabel": "points", "xlog": True,
                    "series": [{"label": "student(CNN teacher) - student(ViT teacher)",
                                "x": [r[1] for r in rows], "y": ys,
                                "yerr": [a["std"] if a else 0 for a in adv]}]}],
-        "findings": findings, "claims": claims, "advice": advice}
+        "findings": [f for f in findings if f], "claims": claims, "advice": advice}
 
 
 STUDY = Study("CNN vs ViT teacher",
