@@ -84,12 +84,16 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
     def ahead(i: int) -> tuple[bool, str]:
         # both teachers (as used) far enough above the student trained without one
         f = fr[i]
+        if not runs_of(record, f"student-none-f{f:g}"):
+            return False, ("no student trained without a teacher is in this record (it "
+                           "predates that run), so whether the teachers have anything to "
+                           "hand on is not known")
         checks = [teacher_ahead(record, f"student-{k}-f{f:g}", f"student-none-f{f:g}", kind)
                   for k, kind in (("cnn", "the CNN teacher"), ("vit", "the ViT teacher"))]
         return all(ok for ok, _ in checks), f"at {rows[i][1]:,} images " + "; ".join(
             why for _, why in checks)
     first_ok, first_why = ahead(at)
-    ends = [ahead(0), ahead(len(fr) - 1)]
+    ends = list(dict.fromkeys([ahead(0), ahead(len(fr) - 1)]))  # one line where they agree
     claims = [claim(f"a CNN teacher helps more than a ViT teacher of similar accuracy (at "
                     f"{rows[at][1]:,} images)", adv[at], +1, bool(where) and done and first_ok,
                     f"{match_text}; students {regime}; {first_why}",
