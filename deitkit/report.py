@@ -184,9 +184,13 @@ def compute_line(res: dict) -> str:
     equiv = sum((s.get("epochs") or 0) * (s.get("train_images") or 0)
                 for s in runs.values()) / CIFAR10_TRAIN
     wall = sum(s.get("wall_seconds") or 0 for s in runs.values())
+    m = res.get("machine")  # recorded since 2026-12-07; the last invocation's machine
+    where = (f" Last run on {m.get('gpu') or m['cpu']} ({m['isa']} CPU code, {m['threads']} "
+             f"thread(s), torch {m['torch']}), {m.get('jobs', 1)} run(s) at a time."
+             if m else "")
     return (f"Compute of the {len(runs)} runs: {equiv:,.1f} CIFAR-10-epoch equivalents (epochs "
             f"x training images / {CIFAR10_TRAIN:,}), {wall / 60:,.1f} min of their wall time "
-            "summed (teachers shared with other runs not counted).")
+            "summed (teachers shared with other runs not counted)." + where)
 
 
 def _sizes(res: dict) -> str:

@@ -69,6 +69,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def machine_facts(device: torch.device) -> dict:
+    """What a measured wall time depends on: the processor, its vector instructions as torch
+    uses them, the threads, torch, and the GPU where `device` is one (studies record it, so a
+    time copied from another machine says where it was taken)."""
+    facts = {"cpu": cpu_name(), "isa": torch.backends.cpu.get_cpu_capability(),
+             "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
+
+
 AMP_CACHE = "~/.cache/deitkit/amp.json"   # DEITKIT_AMP_CACHE overrides
 ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")  # caps that change the measurement
 BF16_MARGIN = 0.95  # bf16 is chosen only when it takes at most 95 % of fp32's time

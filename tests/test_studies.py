@@ -70,6 +70,11 @@ def test_study_end_to_end_tiny(root, name):
     res = _check_report(study_dir)
     assert res["study"] == name and res["budget"] == "tiny" and res["seeds"] == 1
     assert (study_dir / "report.html").is_file()  # study runs write their page by default
+    # the machine behind the wall times is recorded and named in the report
+    from deitkit.runtime import cpu_name
+    assert res["machine"]["cpu"] == cpu_name() and res["machine"]["jobs"] == 1
+    assert (f"Last run on {cpu_name()} ({torch.backends.cpu.get_cpu_capability()} CPU code"
+            in (study_dir / "report.md").read_text())
     assert all(r["summary"]["fused_top1"] is not None for r in res["runs"])
     if name == "distill-heads":
         # the gallery was drawn (a failure would be logged and named in gallery_error)

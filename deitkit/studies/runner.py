@@ -29,7 +29,7 @@ import torch
 
 from ..checkpoint import atomic_write_text
 from ..config import ConfigError, build_config, run_changing_keys, to_dict
-from ..runtime import quiet
+from ..runtime import machine_facts, quiet, resolve_device
 from ..pipeline import train, train_teacher
 from ..pretrain import pretrain
 from ..html import write_html
@@ -283,7 +283,8 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
                                                     f"--budget {budget} --seeds {seeds}",
               "runs": results, "teachers_trained": runner.teachers_trained,
               "teachers_reused": runner.teachers_reused,
-              "wall_seconds_this_invocation": time.perf_counter() - t0}
+              "wall_seconds_this_invocation": time.perf_counter() - t0,
+              "machine": {**machine_facts(resolve_device(device)), "jobs": jobs}}
     _write_results(record, study_dir)
     write_html(study_dir)
     log(f"{name}: report in {study_dir / 'report.md'} and {study_dir / 'report.html'}")
