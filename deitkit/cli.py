@@ -136,9 +136,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="study name")
     p.add_argument("--data", help="dataset (the tiny budget defaults to digits)")
     p.add_argument("--budget", default="tiny", choices=tuple(BUDGETS),
-                   help="tiny: seconds, CI; quick: CIFAR-10 on 2 CPU cores, <= 45 min per "
-                        "study; gpu: one GPU, about 5 min per study with --seeds 3; full: one "
-                        "GPU, hours (default: tiny)")
+                   help="tiny: seconds, CI; quick: CIFAR-10 on 2 CPU cores, target <= 60 min "
+                        "per study with --seeds 3 --jobs 2; gpu: one GPU, about 5 min per "
+                        "study with --seeds 3; full: one GPU, hours (default: tiny)")
     p.add_argument("--seeds", type=int, default=1, help="runs per setting (default 1)")
     p.add_argument("--root", default="runs/studies",
                    help="folder of study folders and shared teachers (default runs/studies)")

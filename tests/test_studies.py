@@ -326,6 +326,15 @@ def test_randaugment_off_is_its_own_setting(tmp_path):
     assert rows[0][3]["mean"] == pytest.approx(47.0)
     assert any("Magnitude 0 against RandAugment off" in f and "validation +4.00" in f
                and "raised validation" in f for f in record["findings"])
+    assert any("Magnitude 9 against RandAugment off" in f and "validation +15.00" in f
+               and "paid off over flips and crops alone" in f for f in record["findings"])
+    # the committed quick report's case: magnitude 0 costs validation, 9 only wins it back
+    level = _seeds({"off": (0.63, 0.30), 0: (0.56, 0.28), 5: (0.52, 0.302), 9: (0.47, 0.3005),
+                    14: (0.44, 0.27)})
+    _, record = _recorded_study(tmp_path / "level", level)
+    assert record["claims"][1]["status"] == "supported"  # 0 -> 9: +2.05 points
+    assert any("Magnitude 9 against RandAugment off" in f and "+0.05" in f
+               and "not distinguishable" in f for f in record["findings"])
     plot = record["plots"][0]
     assert plot["series"][1]["x"] == [OFF_X, 0, 5, 9, 14]
     assert plot["xticks"][0] == [OFF_X, "off"]

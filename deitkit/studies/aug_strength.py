@@ -97,6 +97,14 @@ def _aug_strength_analyze(record: dict, study_dir: Path) -> dict:
             "RandAugment's autocontrast, equalize, invert and posterize still change images): "
             + judged(off_val, up="that alone raised validation.", same="within noise.",
                      down="that alone cost validation."))
+        rec_val, rec_gap = paired(record, mid, OFF), paired(record, mid, OFF, gap)
+        findings.append(
+            f"Magnitude {BEST_EXPECTED} against RandAugment off: validation {pts(rec_val)}, "
+            f"gap {pts(rec_gap)} (paired over seeds): " + judged(
+                rec_val, up="RandAugment paid off over flips and crops alone.",
+                same="validation not distinguishable from flips and crops alone at this "
+                     "budget, whatever it did to the gap.",
+                down="RandAugment cost validation against flips and crops alone."))
     testable, regime = overfits(record, lo, "the student at magnitude 0")
     claims = [claim("stronger augmentation narrows the train-validation gap", gap_change, -1,
                     testable, regime, f"gap change from magnitude 0 to {BEST_EXPECTED}"),
