@@ -67,8 +67,8 @@ BUDGETS = {
                    pretrain_fraction=0.5, pretrain_epochs=1),
     # CIFAR-10 on 2 CPU cores, target: each study within 60 minutes at 3 seeds with --jobs 2
     # (docs/studies/README.md has the measured times and regimes). The augmentation studies
-    # run where weak augmentation over-fits (500 images, 160 epochs). The others need converged students (validation
-    # moving under 1 point over the last quarter): with the full DeiT stack, 2,500 images x
+    # run where weak augmentation over-fits (500 images, 160 epochs). The others need
+    # converged students (validation moving under 1 point over the last quarter): with the full DeiT stack, 2,500 images x
     # 120 epochs still moved 2.5 points and the full stack under-fit 500 images x 160 epochs
     # (clean training 32.7 %), while RandAugment m9 on flips and crops settled there (moved
     # 0.7-1.0): measured. So they run the light stack on 1,000 images x 160 epochs, evaluated
