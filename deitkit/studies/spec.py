@@ -66,19 +66,19 @@ BUDGETS = {
                    scale_fractions=(0.125, 0.25, 0.5), recipe="quickstart",
                    pretrain_fraction=0.5, pretrain_epochs=1),
     # CIFAR-10 on 2 CPU cores, target: each study within 60 minutes at 3 seeds with --jobs 2
-    # (docs/studies/README.md has the measured times and regimes). The augmentation studies
-    # run where weak augmentation over-fits (500 images, 160 epochs). The others need
-    # converged students (validation moving under 1 point over the last quarter): with the full DeiT stack, 2,500 images x
-    # 120 epochs still moved 2.5 points and the full stack under-fit 500 images x 160 epochs
-    # (clean training 32.7 %), while RandAugment m9 on flips and crops settled there (moved
-    # 0.7-1.0): measured. So they run the light stack on 1,000 images x 160 epochs, evaluated
-    # every 20 (the last quarter starts at an evaluation). Fraction sweeps keep the steps, so
-    # larger fractions get fewer epochs: at 3 % (107 epochs) students still moved 2.16 points
-    # over the last quarter, at 1 % (320 epochs) 0.35 (measured), so the sweeps stop at 2 %.
-    # teacher-kind stops at 1 %: its students of the matched (weaker, ~38 %) CNN teacher
-    # still moved 1.23 points at 2 % (measured), so it compares 0.5 and 1 %.
-    # Teachers 100 epochs (at 6 the ResNet-18 reached 29.2 % on 2,500 images, below its
-    # students, and hard distillation from it cost 4 points; 60 reached 58.8 %: measured)
+    # (docs/studies/README.md has the measured times and regimes). The augmentation studies run
+    # where weak augmentation over-fits (500 images, 160 epochs). The others need converged students
+    # (validation moving under 1 point over the last quarter): with the full DeiT stack, 2,500
+    # images x 120 epochs still moved 2.5 points and the full stack under-fit 500 images x 160
+    # epochs (clean training 32.7 %), while RandAugment m9 on flips and crops settled there (moved
+    # 0.7-1.0): measured. So they run the light stack on 1,000 images x 160 epochs, evaluated every
+    # 20 (the last quarter starts at an evaluation). Fraction sweeps keep the steps, so larger
+    # fractions get fewer epochs: at 3 % (107 epochs) students still moved 2.16 points over the last
+    # quarter, at 1 % (320 epochs) 0.35 (measured), so the sweeps stop at 2 %. teacher-kind stops at
+    # 1 %: its students of the matched (weaker, ~38 %) CNN teacher still moved 1.23 points at 2 %
+    # (measured), so it compares 0.5 and 1 %. Teachers 100 epochs (at 6 the ResNet-18 reached 29.2 %
+    # on 2,500 images, below its students, and hard distillation from it cost 4 points; 60 reached
+    # 58.8 %: measured)
     "quick": Budget("quick", None, epochs=160, train_fraction=0.02, img_size=32, patch_size=8,
                     depth=6, batch_size=64, teacher_epochs=100, eval_train_images=1000,
                     eval_every=20, num_workers=2, fractions=(0.005, 0.01),
