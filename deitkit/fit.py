@@ -287,7 +287,7 @@ def _summary(run: Run, rd: RunDir, state: TrainState, extra: dict) -> dict:
                     **{k: last[k] for k in HOLDOUT_KEYS if k in last},
                     "fusion_weight": run.meta["fusion_weight"] if run.role == "student" else None,
                     "skipped_images": rd.skipped_count(), "parameters": run.n_params,
-                    "run_dir": str(rd.path), **extra})
+                    "amp": run.meta["amp"], "run_dir": str(rd.path), **extra})
     if run.role == "teacher":  # a teacher's accuracy is its own
         summary["teacher_top1"] = summary["fused_top1"]
         summary["teacher_top5"] = summary["fused_top5"]

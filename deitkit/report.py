@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,10 @@ def plot_png(spec: dict, out: Path, seeds: int = 1) -> None:
     (`caption`) printed under it; `band` [lo, hi] shades that y range (e.g. the claims'
     practical threshold); `xticks` [[x, label], ...] labels the x axis of a line plot."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.3), dpi=90)
     series = spec["series"]
+    # more than four lines: the legend goes beside the axes, where it hides no curve
+    beside = spec.get("kind") != "bar" and len(series) > 4
+    fig, ax = plt.subplots(figsize=(9.0 if beside else 6.4, 4.3), dpi=90)
     if spec.get("band"):
         lo, hi = spec["band"]
         ax.axhspan(lo, hi, color="grey", alpha=0.15, linewidth=0)
@@ -93,7 +96,8 @@ def plot_png(spec: dict, out: Path, seeds: int = 1) -> None:
     ax.set_ylabel(spec.get("ylabel", ""))
     ax.grid(alpha=0.3)
     if len(series) > 1 or spec.get("kind") != "bar":
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+                                 if beside else {}))
     fig.text(0.01, 0.01, caption(spec, seeds), fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out)
@@ -174,6 +178,7 @@ def write_report(study_dir: str | Path) -> Path:
 
 
 CIFAR10_TRAIN = 50_000  # images in one CIFAR-10 training epoch, the unit of a study's compute
+AMP_WORDS = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}  # summary "amp"
 
 
 def compute_line(res: dict) -> str:
@@ -188,9 +193,13 @@ def compute_line(res: dict) -> str:
     where = (f" Last run on {m.get('gpu') or m['cpu']} ({m['isa']} CPU code, {m['threads']} "
              f"thread(s), torch {m['torch']}), {m.get('jobs', 1)} run(s) at a time."
              if m else "")
+    # the precision each run trained in (recorded in summary.json since 2026-12-07)
+    amps = Counter(AMP_WORDS.get(s["amp"], s["amp"]) for s in runs.values() if s.get("amp"))
+    prec = (" Precision: " + ", ".join(f"{a} ({n} run{'s' if n > 1 else ''})"
+                                       for a, n in sorted(amps.items())) + "." if amps else "")
     return (f"Compute of the {len(runs)} runs: {equiv:,.1f} CIFAR-10-epoch equivalents (epochs "
             f"x training images / {CIFAR10_TRAIN:,}), {wall / 60:,.1f} min of their wall time "
-            "summed (teachers shared with other runs not counted)." + where)
+            "summed (teachers shared with other runs not counted)." + where + prec)
 
 
 def _sizes(res: dict) -> str:

@@ -3,6 +3,7 @@ import copy
 import json
 import re
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,12 @@ def test_study_end_to_end_tiny(root, name):
     assert res["machine"]["cpu"] == cpu_name() and res["machine"]["jobs"] == 1
     assert (f"Last run on {cpu_name()} ({torch.backends.cpu.get_cpu_capability()} CPU code"
             in (study_dir / "report.md").read_text())
+    # and the precision each run trained in, counted in the compute line
+    amps = Counter(r["summary"]["amp"] for r in res["runs"])
+    assert set(amps) <= {"off", "bf16"}
+    words = {"off": "fp32", "bf16": "bf16 autocast"}
+    assert all(f"{words[a]} ({n} run" in (study_dir / "report.md").read_text()
+               for a, n in amps.items())
     assert all(r["summary"]["fused_top1"] is not None for r in res["runs"])
     if name == "distill-heads":
         # the gallery was drawn (a failure would be logged and named in gallery_error)

@@ -95,7 +95,7 @@ def _analyze(record: dict, study_dir: Path) -> dict:
                     "columns": ["arm", "train top-1 (no aug.)", "val top-1", "gap (points)",
                                 "parameters (M)"], "rows": rows}],
         "plots": [{"file": "curves.png", "title": "Validation (solid) and clean training "
-                   "(dashed) top-1 per epoch; bars: SD over seeds", "xlabel": "epoch",
+                   "(dashed) top-1 per epoch", "xlabel": "epoch",
                    "ylabel": "top-1 (%)", "series": curves}],
         "findings": findings, "claims": claims, "advice": advice}
 
