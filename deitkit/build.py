@@ -7,7 +7,7 @@ Nothing here trains or writes: `build_run` returns a `Run`, and `fit` runs it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -338,6 +338,7 @@ class Run:
     teacher: Optional[Teacher]   # evaluated beside the student (None for a teacher run)
     lr: float
     meta: dict                   # what a checkpoint needs to rebuild the model (and its amp)
+    teacher_memo: list = field(default_factory=list)  # its top-5 on val_loader (evaluate)
 
     @property
     def n_params(self) -> int:

@@ -184,17 +184,38 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.T
     return (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).sum()
 
 
+def _teacher_top5(teacher: Teacher, images: torch.Tensor, i: int,
+                  memo: Optional[list]) -> torch.Tensor:
+    """[B, min(5, C)] the teacher's best classes for batch `i`, from `memo` when it holds them."""
+    if memo is not None and i < len(memo):
+        if len(memo[i]) != len(images):
+            raise RuntimeError(f"teacher memo: batch {i} held {len(memo[i])} images, the loader "
+                               f"now gives {len(images)} (the memo must stay with one loader)")
+        return memo[i]
+    logits = teacher(images).float()
+    top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+    if memo is not None:
+        memo.append(top)
+    return top
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[Teacher] = None,
              fusion: str = "logits", amp_dtype: Optional[torch.dtype] = None,
-             progress: bool = False, fusion_weight: float = 0.5) -> dict:
+             progress: bool = False, fusion_weight: float = 0.5,
+             teacher_memo: Optional[list] = None) -> dict:
     """Top-1/top-5 of the class head, distillation head and fusion; head agreement; token
     cosine similarity; teacher accuracy and student-teacher agreement (fractions in [0, 1]):
-    the keys of EVAL_KEYS (None where a run has no such head or teacher), and `eval_images`."""
+    the keys of EVAL_KEYS (None where a run has no such head or teacher), and `eval_images`.
+
+    `teacher_memo`: a list kept by the caller across evaluations of the same `loader` (fixed
+    order, no augmentation): the frozen teacher's top-5 classes per batch, filled on the first
+    call and read back on later ones, so a run evaluates its teacher once, not every time."""
     model = getattr(model, "module", model).eval()  # the bare model, never through DDP
     sums = dict.fromkeys(EVAL_KEYS, 0.0)
     n, has_dist = 0, False
-    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    for i, (images, labels) in enumerate(tqdm(loader, desc="eval", leave=False,
+                                              disable=not progress)):
         images, labels = images.to(device), labels.to(device)
         with autocast(device, amp_dtype):
             if hasattr(model, "cls_token"):
@@ -203,10 +224,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[T
                 tok_c, tok_d = out.cls_token.float(), _float(out.dist_token)
             else:
                 cls_l, dist_l, tok_c, tok_d = model(images).float(), None, None, None
-            t_logits = teacher(images).float() if teacher is not None else None
+            t_top = None if teacher is None else _teacher_top5(teacher, images, i, teacher_memo)
         fused = fuse(cls_l, dist_l, fusion, fusion_weight)
-        for head, logits in (("cls", cls_l), ("fused", fused), ("dist", dist_l),
-                             ("teacher", t_logits)):
+        for head, logits in (("cls", cls_l), ("fused", fused), ("dist", dist_l)):
             if logits is not None:
                 sums[f"{head}_top1"] += _topk_correct(logits, labels, 1).item()
                 sums[f"{head}_top5"] += _topk_correct(logits, labels, 5).item()
@@ -214,9 +234,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, teacher: Optional[T
             has_dist = True
             sums["head_agreement"] += (cls_l.argmax(-1) == dist_l.argmax(-1)).sum().item()
             sums["token_cosine"] += F.cosine_similarity(tok_c, tok_d, dim=-1).sum().item()
-        if t_logits is not None:
-            sums["student_teacher_agreement"] += \
-                (fused.argmax(-1) == t_logits.argmax(-1)).sum().item()
+        if t_top is not None:  # [B, k] classes, best first
+            sums["teacher_top1"] += (t_top[:, 0] == labels).sum().item()
+            sums["teacher_top5"] += (t_top == labels[:, None]).any(-1).sum().item()
+            sums["student_teacher_agreement"] += (fused.argmax(-1) == t_top[:, 0]).sum().item()
         n += len(labels)
     # sum over ranks (each rank saw a disjoint shard): exact, each image counted once
     tot = all_reduce_sum(torch.tensor([sums[k] for k in EVAL_KEYS] + [n, float(has_dist)],

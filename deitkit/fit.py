@@ -245,10 +245,10 @@ def _evaluate(run: Run) -> dict:
     if run.holdout is not None:
         run.meta["fusion_weight"], res = holdout_fusion(run.model, run.holdout, run.device,
                                                         run.cfg.distill.fusion, run.amp_dtype)
-    ev = lambda model, loader, teacher=None: evaluate(  # noqa: E731
+    ev = lambda model, loader, teacher=None, memo=None: evaluate(  # noqa: E731
         model, loader, run.device, teacher, run.cfg.distill.fusion, run.amp_dtype,
-        fusion_weight=run.meta["fusion_weight"])
-    res.update(ev(run.model, run.val_loader, run.teacher))
+        fusion_weight=run.meta["fusion_weight"], teacher_memo=memo)
+    res.update(ev(run.model, run.val_loader, run.teacher, run.teacher_memo))
     if run.train_eval_loader is not None:
         res["train_clean_top1"] = ev(run.model, run.train_eval_loader)["fused_top1"]
     if run.step.ema is not None:

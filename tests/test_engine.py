@@ -80,6 +80,45 @@ def test_evaluate_metrics_agree_with_direct_computation():
     assert res["eval_images"] == 40
 
 
+def test_a_teacher_memo_evaluates_the_teacher_once_with_the_same_metrics():
+    torch.manual_seed(0)
+    C = 10  # more classes than 5, so the memo's top-5 is a real top-5
+    student, loader = _student(C).eval(), _toy(n=40, C=C)
+    calls = []
+    teacher = Teacher(create_cnn("resnet18", C), [0.5] * 3, [0.5] * 3)
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    cpu = torch.device("cpu")
+    plain = evaluate(student, loader, cpu, teacher)
+    assert len(calls) == 5                                   # 40 images, batches of 8
+    memo = []
+    first = evaluate(student, loader, cpu, teacher, teacher_memo=memo)
+    assert len(calls) == 10 and len(memo) == 5
+    with torch.no_grad():                                    # the student moves on; the
+        student.head.weight.mul_(-1)                         # teacher does not
+    again = evaluate(student, loader, cpu, teacher, teacher_memo=memo)
+    assert len(calls) == 10                                  # read from the memo
+    assert first == plain
+    for k in ("teacher_top1", "teacher_top5"):
+        assert again[k] == plain[k]
+    x, y = loader.dataset.tensors
+    with torch.no_grad():
+        t, out = teacher(x), _fused(student, x)
+    assert plain["teacher_top5"] == pytest.approx(
+        (t.topk(5, 1).indices == y[:, None]).any(1).float().mean().item())
+    assert again["student_teacher_agreement"] == pytest.approx(
+        (out.argmax(1) == t.argmax(1)).float().mean().item())
+    assert again["cls_top1"] != first["cls_top1"] or again["fused_top1"] != first["fused_top1"]
+    with pytest.raises(RuntimeError, match="batch 0 held 8 images"):
+        evaluate(student, DataLoader(loader.dataset, batch_size=4), cpu, teacher,
+                 teacher_memo=memo)
+
+
+def _fused(student, x):
+    from deitkit import student_forward
+    out = student_forward(student, x)
+    return (out.cls_logits + out.dist_logits) / 2
+
+
 def test_nonfinite_skip_policy_drops_and_counts_the_bad_step():
     torch.manual_seed(0)
     x = torch.randn(32, 3, 16, 16)

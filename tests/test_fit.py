@@ -67,3 +67,19 @@ def test_best_and_last_hold_what_their_readers_need(tmp_path):
     last = state.to_checkpoint(run)
     assert TrainState.from_checkpoint(last).best == 0.2
     assert last["scheduler"] is not None and last["ema"] is not None and last["scaler"] is None
+
+
+def test_the_ema_copy_changes_nothing_else_in_a_run(tmp_path):
+    """The premise of the studies' NO_EMA: with the same seed, a run without the EMA copy
+    trains the same weights to the same losses (the studies drop it to halve evaluation)."""
+    runs = []
+    for ema in ("true", "false"):
+        cfg = build_config("quickstart", overrides=[f"out={tmp_path / ema}", *TINY,
+                                                   f"ema.enabled={ema}"])
+        run = _run(cfg, load_bundle(cfg))
+        runs.append((run, [_epoch(run, e)["train_loss"] for e in range(2)]))
+    (a, la), (b, lb) = runs
+    assert a.step.ema is not None and b.step.ema is None
+    assert la == lb
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
