@@ -825,3 +825,20 @@ def test_plots_say_what_their_error_bars_are_and_reports_state_their_compute():
     line = compute_line(res)
     assert line.startswith("Compute of the 4 runs: 4.0 CIFAR-10-epoch equivalents")
     assert "6.0 min of their wall time" in line
+
+
+@pytest.mark.parametrize("study", ["aug-ablation", "aug-strength"])
+def test_augmentation_study_runs_remove_only_what_they_name(study):
+    """A run that turns RandAugment off also turns off the colour jitter timm puts in its
+    place (else the removal swaps one augmentation for another, on the CPU-only path), so every
+    run of the augmentation studies keeps to the device pipeline; none keeps an EMA copy."""
+    from deitkit import build_config
+    from deitkit.data.gpu_aug import device_support
+    from deitkit.studies.spec import BUDGETS
+    b = BUDGETS["quick"]
+    for spec in STUDIES[study].runs(b):
+        cfg = build_config(spec.recipe or b.recipe, overrides=spec.overrides)
+        assert device_support(cfg.aug) is None, spec.name
+        assert not cfg.ema.enabled, spec.name
+        if not cfg.aug.rand_augment:
+            assert cfg.aug.color_jitter == 0, spec.name
