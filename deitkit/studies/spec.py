@@ -167,7 +167,7 @@ def distill_aug(b: Budget) -> list[str]:
 
 # No study reads the EMA copy's accuracy (teachers are loaded from their own weights, not the
 # EMA's), and the EMA copy changes nothing else in a run (same seed, same numbers: tested);
-# evaluating it doubled each validation pass, about a fifth of a quick run's wall time
+# evaluating it doubled each validation pass, a large share of a quick run (docs/performance.md)
 NO_EMA = "ema.enabled=false"
 
 
