@@ -210,7 +210,7 @@ def test_parallel_jobs_train_the_same_runs_as_one_at_a_time(tmp_path):
     lines = []
     run_study("teacher-kind", budget="tiny", root=tmp_path / "par", device="cpu",
               log=lines.append, jobs=2)
-    assert any(line.startswith("0 teacher(s), then 0 run(s), 2 at a time") for line in lines)
+    assert any(line.startswith("0 teacher(s) and 0 run(s), 2 at a time") for line in lines)
     assert sum("(finished before)" in line for line in lines) == 6
 
 

@@ -11,7 +11,7 @@ fraction, model, recipe, overrides and seed; every run that needs the same one r
 folder (and says so).
 
 `jobs` > 1 trains that many runs at once, each in its own (spawned) process on the same device:
-first every teacher not yet trained, then every student. A DeiT-Tiny at 32 px leaves a GPU
+teachers first, and each student as soon as the teachers it needs are trained. A DeiT-Tiny at 32 px leaves a GPU
 mostly idle (launch-bound: issue 13 measured 20 % utilisation at batch 256), and concurrent
 runs fill each other's gaps; on the CPU the cores are split between the jobs. Each run is the
 same deterministic run as when trained alone (tested), so finished runs mix freely.
@@ -195,43 +195,57 @@ def _naming_run(e: Exception, run: str) -> Exception:
 
 def _train_parallel(runner: StudyRunner, pairs: list, finished: set, study_dir: Path,
                     jobs: int, log) -> None:
-    """Train every unfinished teacher, then every student not in `finished` ((name, seed)), of
-    `pairs` ((RunSpec, seed)) in `jobs` worker processes; the sequential pass that follows finds
-    them finished. A failed run stops the study (runs in flight finish; a rerun resumes the
-    rest)."""
+    """Train every unfinished teacher and every student not in `finished` ((name, seed)) of
+    `pairs` ((RunSpec, seed)) in `jobs` worker processes, teachers first, a student as soon as
+    the teachers it needs are trained (one that needs none fills a slot a teacher leaves
+    free); the sequential pass that follows finds them finished. A failed run stops the study
+    (runs in flight finish; a rerun resumes the rest)."""
     students = [(s, k) for s, k in pairs if s.role == "student" and (s.name, k) not in finished]
     # the teachers the serial pass would train (none for finished students), each once, a
-    # matched teacher's reference first: folder -> (TeacherSpec, seed)
-    teachers = {}
+    # matched teacher's reference first: folder -> (TeacherSpec, seed); and each job's needs
+    teachers, queue = {}, []
     for spec, seed in [p for p in pairs if p[0].role == "teacher"] + students:
         t = spec.teacher
         shared = ([] if t is None else [t.match, t] if t.match else [t])
+        needs = set()
         for ts in shared + ([spec.weights] if spec.weights is not None else []):
             out = runner.teacher_path(ts, seed)
             if not RunDir(out).is_finished():
                 teachers.setdefault(out, (ts, seed))
+                needs.add(out)
+        if spec.role == "student":
+            queue.append((spec, seed, spec.name, needs, None))
+    queue = [(ts, k, ts.label or ts.model, set(), out)
+             for out, (ts, k) in teachers.items()] + queue
     setup = (runner.root, runner.data, runner.budget, runner.device, tuple(runner.extra))
     threads = max(1, torch.get_num_threads() // jobs)
-    log(f"{len(teachers)} teacher(s), then {len(students)} run(s), {jobs} at a time "
-        f"({threads} CPU thread(s) each)")
+    log(f"{len(teachers)} teacher(s) and {len(students)} run(s), {jobs} at a time "
+        f"({threads} CPU thread(s) each); a run starts once its teachers are trained")
+    trained, running = set(), {}
     # spawn: a forked child cannot use CUDA once the parent has
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for phase in ([(ts, k, ts.label or ts.model) for ts, k in teachers.values()],
-                      [(s, k, s.name) for s, k in students]):
-            futures = {pool.submit(_train_job, setup, threads, spec, seed, study_dir):
-                       (label, seed) for spec, seed, label in phase}
-            while futures:
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
-                for f in done:
-                    label, seed = futures.pop(f)
-                    try:
-                        seconds = f.result()
-                    except Exception as e:
-                        for other in futures:
-                            other.cancel()
-                        raise _naming_run(e, f"study run '{label}' seed {seed}") from e
-                    log(f"  finished {label} seed {seed} in {seconds:.0f} s "
-                        f"({len(futures)} left in this phase)")
+        while queue or running:
+            while len(running) < jobs:
+                job = next((j for j in queue if j[3] <= trained), None)
+                if job is None:
+                    break
+                queue.remove(job)
+                running[pool.submit(_train_job, setup, threads, job[0], job[1], study_dir)] = job
+            if not running:  # every queued job waits on a teacher that is not queued
+                raise RuntimeError(f"study runs wait on teachers never trained: {queue}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:
+                _, seed, label, _, out = running.pop(f)
+                try:
+                    seconds = f.result()
+                except Exception as e:
+                    for other in running:
+                        other.cancel()
+                    raise _naming_run(e, f"study run '{label}' seed {seed}") from e
+                if out is not None:
+                    trained.add(out)
+                log(f"  finished {label} seed {seed} in {seconds:.0f} s "
+                    f"({len(queue) + len(running)} left)")
     runner.teachers_trained += [str(out) for out in teachers]
 
 
