@@ -1,5 +1,4 @@
 """The regime a run ended in, and the time plan: measured estimates and epochs for a budget."""
-import json
 import time
 
 import pytest
