@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import FULL_DEIT, Budget, RunSpec, Study, overfit_args, student_args
+from .spec import FULL_DEIT, RA_OFF, Budget, RunSpec, Study, overfit_args, student_args
 from ..regime import last_quarter_change
 from .stats import (CONVERGED_POINTS, EFFECT_POINTS, NOT_SHOWN, REFUTED, SUPPORTED, agg, chance_note, claim,
                     claim_line, curve_series, gap, judged, mean_of, metric, overfits, paired,
                     pts, runs_of, verdict)
 
 
-# (label, overrides). Without RandAugment timm applies colour jitter in its place, which would
-# swap one augmentation for another (and, CPU-only, moved those runs to the worker loader at
-# twice the wall time: measured), so that removal turns it off too, as aug-strength's `off` does
-LEAVE_ONE_OUT = [("no RandAugment", ("aug.rand_augment=", "aug.color_jitter=0")),
+# (label, overrides)
+LEAVE_ONE_OUT = [("no RandAugment", RA_OFF),
                  ("no Mixup", ("aug.mixup=0",)), ("no CutMix", ("aug.cutmix=0",)),
                  ("no random erasing", ("aug.reprob=0",)),
                  ("no stochastic depth", ("model.drop_path=0",)),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import FULL_DEIT, WEAK_BASE, Budget, RunSpec, Study, overfit_args, student_args
+from .spec import FULL_DEIT, RA_OFF, WEAK_BASE, Budget, RunSpec, Study, overfit_args, student_args
 from .stats import (agg, chance_note, claim, curve_series, gap, judged, mean_of, metric,
                     overfits, paired, pct, pts, runs_of)
 
@@ -32,10 +32,7 @@ def ra_spec(m: int) -> str:
 
 def _aug_strength_runs(b: Budget) -> list:
     base = [*student_args(b, False), *FULL_DEIT, *WEAK_BASE, "distill.kind=none"]
-    # off: no colour jitter either (timm applies it only when RandAugment is off, which would
-    # swap one augmentation for another)
-    return [RunSpec(OFF, {"magnitude": OFF}, [*base, "aug.rand_augment=", "aug.color_jitter=0",
-                                              *overfit_args(b)])] + \
+    return [RunSpec(OFF, {"magnitude": OFF}, [*base, *RA_OFF, *overfit_args(b)])] + \
         [RunSpec(f"m{m}", {"magnitude": m}, [*base, f"aug.rand_augment={ra_spec(m)}",
                                               *overfit_args(b)])
          for m in MAGNITUDES]

@@ -158,6 +158,10 @@ FULL_DEIT = ["aug.stack=deit", "aug.rand_augment=rand-m9-mstd0.5-inc1", "aug.mix
 WEAK_BASE = ["aug.mixup=0", "aug.cutmix=0", "aug.reprob=0", "aug.repeated_aug=1",
              "model.drop_path=0"]
 LIGHT_DEIT = [*FULL_DEIT, *WEAK_BASE]
+# RandAugment off and nothing in its place: timm applies colour jitter when RandAugment is off,
+# which would swap one augmentation for another (and, CPU-only, move the run to the worker
+# loader at twice the wall time: measured in aug-ablation)
+RA_OFF = ("aug.rand_augment=", "aug.color_jitter=0")
 
 
 def distill_aug(b: Budget) -> list[str]:
