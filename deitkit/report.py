@@ -183,8 +183,9 @@ AMP_WORDS = {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}  #
 
 def compute_line(res: dict) -> str:
     """The compute the recorded runs took: CIFAR-10-epoch equivalents (epochs x training
-    images / 50,000, summed) and wall time (their own, summed; shared teachers that are not
-    runs of the study are not counted)."""
+    images / 50,000, summed) and wall time (their own, summed, plus the teachers they use that
+    are not runs of the study, where recorded), the elapsed time that makes with the last
+    invocation's runs at a time, and whether it fits the budget's target."""
     runs = {(r["name"], r["seed"]): r["summary"] for r in res["runs"]}
     equiv = sum((s.get("epochs") or 0) * (s.get("train_images") or 0)
                 for s in runs.values()) / CIFAR10_TRAIN
@@ -197,9 +198,26 @@ def compute_line(res: dict) -> str:
     amps = Counter(AMP_WORDS.get(s["amp"], s["amp"]) for s in runs.values() if s.get("amp"))
     prec = (" Precision: " + ", ".join(f"{a} ({n} run{'s' if n > 1 else ''})"
                                        for a, n in sorted(amps.items())) + "." if amps else "")
-    return (f"Compute of the {len(runs)} runs: {equiv:,.1f} CIFAR-10-epoch equivalents (epochs "
+    line = (f"Compute of the {len(runs)} runs: {equiv:,.1f} CIFAR-10-epoch equivalents (epochs "
             f"x training images / {CIFAR10_TRAIN:,}), {wall / 60:,.1f} min of their wall time "
-            "summed (teachers shared with other runs not counted)." + where + prec)
+            "summed")
+    teachers = res.get("teacher_seconds")  # recorded since 2026-12-07
+    if teachers is None:
+        return line + " (teachers shared with other runs not counted)." + where + prec
+    jobs = (m or {}).get("jobs", 1)
+    elapsed = (wall + teachers) / 60 / jobs
+    line += (f", plus {teachers / 60:,.1f} min for the teachers they use that are not runs of "
+             "the study (trained once, shared between studies). From scratch that is about "
+             f"{elapsed:,.1f} min elapsed " +
+             ("one run at a time (the sum" if jobs == 1 else
+              f"{jobs} runs at a time (the sum divided by {jobs}") +
+             "; estimated from the runs, not timed end to end)")
+    target = res["budget_settings"].get("minutes_target")
+    if target and res.get("seeds") == 3:
+        fits = ("within it" if elapsed <= target else
+                f"**above it by {elapsed - target:,.1f} min**")
+        line += f"; the `{res['budget']}` budget's target is {target:g} min at 3 seeds: {fits}"
+    return line + "." + where + prec
 
 
 def _sizes(res: dict) -> str:

@@ -83,6 +83,15 @@ def test_study_end_to_end_tiny(root, name):
     assert all(f"{words[a]} ({n} run" in (study_dir / "report.md").read_text()
                for a, n in amps.items())
     assert all(r["summary"]["fused_top1"] is not None for r in res["runs"])
+    if name in ("distill-heads", "aug-strength"):
+        # the wall time of the teachers the students use, not runs of the study, is counted
+        from deitkit.rundir import RunDir
+        used = {RunDir(r["run_dir"]).read_config()["teacher"]["name"] for r in res["runs"]}
+        used.discard(None)
+        assert len(used) == (name == "distill-heads")
+        want = sum(RunDir(t).read_summary()["wall_seconds"] for t in used)
+        assert res["teacher_seconds"] == pytest.approx(want)
+        assert (want > 0) == (name == "distill-heads")
     if name == "distill-heads":
         # the gallery was drawn (a failure would be logged and named in gallery_error)
         assert res.get("gallery_error") is None
@@ -824,9 +833,21 @@ def test_plots_say_what_their_error_bars_are_and_reports_state_their_compute():
     res = {"runs": [{"name": n, "seed": k, "summary": {"epochs": 10, "train_images": 5000,
                                                       "wall_seconds": 90}}
                     for n in ("a", "b") for k in (0, 1)]}
-    line = compute_line(res)
+    line = compute_line(res)  # a record from before teachers' time was recorded
     assert line.startswith("Compute of the 4 runs: 4.0 CIFAR-10-epoch equivalents")
-    assert "6.0 min of their wall time" in line
+    assert "6.0 min of their wall time summed (teachers shared with other runs not counted)" \
+        in line
+    # 4 runs of 90 s and 1,200 s of teachers, two at a time: (360 + 1,200) / 2 s = 13 min
+    machine = {"cpu": "x", "isa": "avx2", "threads": 2, "torch": "t", "jobs": 2}
+    res.update(teacher_seconds=1200.0, machine=machine, budget="quick", seeds=3,
+               budget_settings={"minutes_target": 60})
+    line = compute_line(res)
+    assert "plus 20.0 min for the teachers" in line and "about 13.0 min elapsed" in line
+    assert "target is 60 min at 3 seeds: within it" in line
+    res["budget_settings"]["minutes_target"] = 10
+    assert "target is 10 min at 3 seeds: **above it by 3.0 min**" in compute_line(res)
+    res["seeds"] = 2  # the target is for 3 seeds: no verdict on another count
+    assert "target" not in compute_line(res)
 
 
 @pytest.mark.parametrize("study", ["aug-ablation", "aug-strength"])

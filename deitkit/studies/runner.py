@@ -249,6 +249,20 @@ def _train_parallel(runner: StudyRunner, pairs: list, finished: set, study_dir: 
     runner.teachers_trained += [str(out) for out in teachers]
 
 
+def _teacher_seconds(runner: StudyRunner, pairs: list, results: list) -> float:
+    """Wall seconds of the teachers and pretrained starts the study's students use that are not
+    runs of the study themselves (shared ones included: a study run from scratch trains them)."""
+    own = {r["run_dir"] for r in results}
+    used = set()
+    for spec, seed in pairs:
+        t = spec.teacher
+        for ts in ([t, t.match] if t is not None else []) + [spec.weights]:
+            if ts is not None:
+                used.add(runner.teacher_path(ts, seed))
+    return sum(RunDir(p).read_summary().get("wall_seconds") or 0.0
+               for p in used if str(p) not in own and RunDir(p).is_finished())
+
+
 def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds: int = 1,
               root: str | Path = "runs/studies", device: str = "auto", log=print,
               command: str = "", overrides: tuple = (), jobs: int = 1) -> Path:
@@ -292,6 +306,7 @@ def run_study(name: str, data: Optional[str] = None, budget: str = "tiny", seeds
                         "role": spec.role, "overrides": spec.overrides,
                         "teacher": None if spec.teacher is None else spec.teacher.label, **r})
     record = {"study": name, "title": study.title, "claim": study.claim, "budget": budget,
+              "teacher_seconds": _teacher_seconds(runner, pairs, results),
               "budget_settings": {k: v for k, v in b.__dict__.items()}, "data": data,
               "seeds": seeds, "command": command or f"deitkit study {name} --data {data} "
                                                     f"--budget {budget} --seeds {seeds}",

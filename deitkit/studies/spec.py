@@ -34,6 +34,9 @@ class Budget:
     recipe: str
     """Base recipe of the students."""
     amp: str = "auto"
+    minutes_target: Optional[float] = None
+    """Wall minutes a study should take at 3 seeds with `--jobs 2` (the report says whether
+    its runs fit); None: no target."""
     overfit_fraction: Optional[float] = None
     """aug-strength and aug-ablation: the training fraction at which weakly augmented
     students over-fit (their claims are about curing over-fitting); None: `train_fraction`."""
@@ -84,7 +87,8 @@ BUDGETS = {
                     eval_every=20, num_workers=2, fractions=(0.005, 0.01),
                     scale_fractions=(0.005, 0.01, 0.02), recipe="small-data-cpu",
                     overfit_fraction=0.01, overfit_epochs=160, overfit_eval_every=20,
-                    distill_stack="light", pretrain_fraction=0.2, pretrain_epochs=10),
+                    distill_stack="light", pretrain_fraction=0.2, pretrain_epochs=10,
+                    minutes_target=60),
     # one GPU, each study within about 5 minutes with 3 seeds (--seeds 3), the data on the
     # device (data.on_device=auto picks it for CIFAR-10). Planned from issue 13's step
     # measurements (DeiT-Tiny at 32 px: 6,000-30,000 images/s on an H100); not yet run. The
@@ -95,7 +99,8 @@ BUDGETS = {
                   eval_every=10, num_workers=8, fractions=(0.02, 0.1),
                   scale_fractions=(0.01, 0.1, 0.3), recipe="small-data-cpu",
                   overfit_fraction=0.05, overfit_epochs=100, overfit_eval_every=25,
-                  distill_stack="light", pretrain_fraction=1.0, pretrain_epochs=20),
+                  distill_stack="light", pretrain_fraction=1.0, pretrain_epochs=20,
+                  minutes_target=5),
     # one GPU: full training set, the small-data-cpu recipe's model
     "full": Budget("full", None, epochs=100, train_fraction=1.0, img_size=32, patch_size=4,
                    depth=12, batch_size=128, teacher_epochs=30, eval_train_images=5000,
