@@ -7,13 +7,8 @@ both to `fit`, which trains the student. `train_teacher(cfg)` fits a CNN on its 
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import os
 import time
-from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,19 +16,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .build import (build_loaders, build_student, check_distillable, choose_fusion, data_decision,
+from .build import (build_loaders, build_student, check_distillable, data_decision,
                     load_bundle, run_amp, run_device, student_batch_shape)
-from .config import ConfigError, TrainConfig, build_config, recipe_dict, replace_keys, to_dict
+from .config import ConfigError, TrainConfig, replace_keys, to_dict
 from .data import DatasetBundle, build_mixer, student_views
 from .distill.store import (DTYPES, STORE_FORMAT, StoreError, TeacherStore, check_fingerprint,
                             epoch_file, fingerprint, open_store, read_meta, save_epoch,
                             view_checksum, write_meta)
 from .distributed import DistInfo, barrier, init_distributed
 from .fit import fit
-from .models import Teacher, create_cnn, create_teacher
+from .models import Teacher, create_teacher
 from .models.teacher import check_class_names
-from .plan import Deadline, Plan, measure_epoch, plan_run
-from .race import RACE_SHARE, ROUND_EPOCHS, SCORE, candidates, race_seconds, successive_halving
+from .models.teacher_run import teacher_config_for, teacher_recipe, teacher_settings
+from .plan import Deadline, budget_end, plan_time, replan_student, teacher_to_train
+from .race import race_student
 from .regime import fusion_line
 from .checkpoint import safe_torch_load
 from .rundir import RunDir, no_empty_folder_left, open_run, resolve_checkpoint
@@ -48,53 +44,6 @@ def _finished(rd: RunDir, summary: dict, log: Log) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # the teacher
-
-def teacher_config_for(cfg: TrainConfig, out: Path) -> TrainConfig:
-    """The CNN-teacher run that a student run needs: same data, split and seed. By rule, every
-    `data.*` setting of the student carries over except those the teacher's own recipe or
-    `teacher.train_overrides` set (the teacher recipe's batch size, say)."""
-    t = cfg.teacher
-    overrides = list(t.train_overrides)
-    recipe = teacher_recipe(cfg)
-    tcfg = build_config(recipe, overrides=overrides)
-    own = {f"data.{k}" for k in recipe_dict(recipe).get("data", {})}
-    own |= {o.split("=", 1)[0].strip() for o in overrides}
-    shared = {f"data.{f.name}": copy.deepcopy(getattr(cfg.data, f.name))
-              for f in dataclasses.fields(cfg.data) if f"data.{f.name}" not in own}
-    if t.img_size is not None:  # the teacher's own resolution
-        shared["data.img_size"] = t.img_size
-    if t.train_epochs is not None:
-        shared["epochs"] = t.train_epochs
-    if t.train_weights is not None:
-        shared["model.weights"] = t.train_weights
-    if t.train_pretrained:
-        shared["model.pretrained"] = True
-    return replace_keys(tcfg, **shared, **{"model.name": cfg.teacher.train_model},
-                        seed=cfg.seed, amp=cfg.amp, device=cfg.device, progress=cfg.progress,
-                        out=str(out))
-
-
-def teacher_recipe(cfg: TrainConfig) -> str:
-    """The recipe of the CNN a student run trains: `teacher.train_recipe`, except that a
-    fine-tuning from pretrained weights left at the default gets `cnn-finetune`."""
-    t = cfg.teacher
-    if (t.train_weights or t.train_pretrained) and t.train_recipe == "cnn-teacher":
-        return "cnn-finetune"
-    return t.train_recipe
-
-
-@contextmanager
-def teacher_settings(cfg: TrainConfig, tdir: Path):
-    """A configuration error of the teacher run a student run trains is reported with where
-    its settings are given: the student run's teacher.train_overrides."""
-    try:
-        yield
-    except ConfigError as e:
-        raise ConfigError(
-            f"the teacher run in '{tdir}' (recipe {teacher_recipe(cfg)}): {e}. Its "
-            "settings are given as teacher.train_overrides=[key=value, ...] (now "
-            f"{list(cfg.teacher.train_overrides)})") from None
-
 
 def get_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
                 log: Log = print, dist_info: DistInfo = DistInfo(),
@@ -169,91 +118,6 @@ def _store_teacher(cfg: TrainConfig, bundle: DatasetBundle, out: Path,
 # ---------------------------------------------------------------------------------------------
 # runs
 
-def process_seconds() -> float:
-    """Seconds since this process started (Linux /proc; 0 where unknown)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf(
-            "SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _teacher_to_train(cfg: TrainConfig, out: Path) -> Optional[TrainConfig]:
-    """The config of the CNN teacher this run will train, or None (given, stored, finished)."""
-    if cfg.distill.kind == "none" or cfg.teacher.name or cfg.distill.store:
-        return None
-    if RunDir(out).teacher.is_finished():
-        return None
-    return teacher_config_for(cfg, RunDir(out).teacher.path)
-
-
-def budget_end(budget_minutes: float) -> float:
-    """When a run with this budget (counted from the process's start) must have finished its
-    last epoch, on time.perf_counter()'s clock: the budget less `end_reserve` for the summary
-    and the exit."""
-    seconds = 60 * budget_minutes
-    return time.perf_counter() - process_seconds() + seconds - end_reserve(seconds)
-
-
-def end_reserve(seconds: float) -> float:
-    """Seconds of a budget kept for what follows the last epoch (summary, report, exit):
-    measured at about 1 s here, kept at 2 s plus 1 % for a slower disk."""
-    return 2.0 + 0.01 * seconds
-
-
-def plan_time(cfg: TrainConfig, bundle: DatasetBundle, out: Path, teacher: Optional[Teacher],
-              budget_minutes: Optional[float], log: Log,
-              end: Optional[float] = None) -> tuple[Plan, TrainConfig]:
-    """Print how long the run will take here (measured on its first steps); with a budget,
-    choose the teacher's and student's first epoch counts so that the whole run fits, and say
-    so (each fit then revises its count after every epoch: `Deadline`); `end`: the budget's
-    `budget_end`. Returns the plan and the config to run (with those epochs)."""
-    tcfg = _teacher_to_train(cfg, out)
-    stand_in = copy.deepcopy(teacher)  # measuring optimises the stand-in's forward, not the run's
-    if tcfg is not None:  # an untrained CNN of the teacher's architecture costs the same
-        stand_in = Teacher(create_cnn(tcfg.model.name, bundle.num_classes,
-                                      small_stem=tcfg.model.small_stem, **tcfg.model.overrides),
-                           tcfg.data.mean, tcfg.data.std)
-        stand_in.set_student_input(cfg.data.mean, cfg.data.std, cfg.teacher.img_size)
-    budget = None if end is None else end - time.perf_counter()
-    plan = plan_run(cfg, tcfg, bundle, stand_in, budget,
-                    teacher_errors=teacher_settings(cfg, out / RunDir.TEACHER))
-    parts = ([f"teacher {plan.teacher_epochs} epochs x {plan.teacher_epoch_seconds:.1f} s"]
-             if plan.teacher_epochs else [])
-    parts.append(f"student {plan.student_epochs} epochs x {plan.student_epoch_seconds:.1f} s")
-    if budget_minutes is not None:
-        was = ([f"teacher {tcfg.epochs}"] if tcfg is not None else []) + [f"student {cfg.epochs}"]
-        log(f"time budget {budget_minutes:g} min: chose {', '.join(parts)} (recipe: "
-            f"{', '.join(was)} epochs); about {plan.seconds:.0f} s of training, measured on "
-            "this machine; revised after every epoch from the epochs measured")
-        cfg = replace(cfg, epochs=plan.student_epochs)
-        if tcfg is not None:
-            cfg = replace_keys(cfg, **{"teacher.train_epochs": plan.teacher_epochs})
-    else:
-        log(f"estimated on this machine (first steps measured): {', '.join(parts)}: about "
-            f"{plan.seconds:.0f} s of training")
-    return plan, cfg
-
-
-def replan_student(cfg: TrainConfig, plan: Plan, out: Path, end: float,
-                   log: Log) -> TrainConfig:
-    """After the teacher: the student's first epoch count for the time left before `end` (its
-    own fit revises it after every epoch). If the teacher's real epochs took longer than
-    estimated, the student's estimate is scaled by the same factor (never below its own
-    estimate: a faster teacher says little about the student, measured on Fashion-MNIST:
-    teacher 0.80x its estimate, student 0.91x)."""
-    tsum = RunDir(out).teacher.read_summary()
-    factor = tsum["wall_seconds"] / tsum["epochs"] / plan.teacher_epoch_seconds
-    left = end - time.perf_counter()
-    epochs = max(1, math.floor(left / (plan.student_epoch_seconds * max(1.0, factor))))
-    if epochs != cfg.epochs:
-        log(f"time budget: the teacher took {factor:.2f}x its estimate per epoch; the student "
-            f"starts with {epochs} epochs instead of {cfg.epochs} ({left:.0f} s left)")
-        cfg = replace(cfg, epochs=epochs)
-    return cfg
-
-
 def train(cfg: TrainConfig, log: Log = print, resume: bool = False, force: bool = False,
           time_budget: Optional[float] = None, overwrite: bool = False) -> dict:
     """Train a DeiT student (and, if needed, its CNN teacher first); return the summary.
@@ -309,7 +173,7 @@ def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resum
     else:
         named = cfg.teacher.name is not None
         teacher = get_teacher(cfg, bundle, out, log=log_main, dist_info=d) if named else None
-        plan, trains_teacher = None, _teacher_to_train(cfg, out) is not None
+        plan, trains_teacher = None, teacher_to_train(cfg, out) is not None
         end = budget_end(time_budget) if time_budget is not None else None
         if not resume and not d.enabled:
             plan, cfg = plan_time(cfg, bundle, out, teacher, time_budget, log_main, end)
@@ -336,62 +200,6 @@ def _train_student(cfg: TrainConfig, rd: RunDir, d: DistInfo, *, log: Log, resum
     return fit(cfg, "student", bundle, teacher=teacher, store=store, log=log,
                resume=resume and rd.has_last(), force=force, summary_extra=extra, t_start=t0,
                dist_info=d, deadline=deadline)
-
-
-def race_student(cfg: TrainConfig, bundle: DatasetBundle, teacher: Optional[Teacher],
-                 rd: RunDir, end: float, log: Log) -> Optional[tuple[TrainConfig, dict, float]]:
-    """The student's shape chosen by a race inside the budget that ends at `end` (`race`):
-    each candidate's epoch measured, those with ROUND_EPOCHS epochs in a round raced in
-    OUT/race/, the winner's files moved into the run folder. Returns (the winner's config,
-    the race's record for the summary, the seconds the winner trained), or None when there is
-    no race (the reason said)."""
-    if not choose_fusion(cfg, "student", bundle):
-        log("race: none (it scores the candidates on held-out training images: data.holdout "
-            "above 0, with distillation through both heads and the fusion weight not fixed)")
-        return None
-    field_ = candidates(cfg)
-    if len(field_) < 2:
-        log(f"race: none (no other patch grid divides the {cfg.data.img_size}-px images)")
-        return None
-    for c in field_:  # a stand-in teacher: measuring optimises its forward, not the run's
-        c.epoch_seconds = measure_epoch(c.cfg, "student", bundle, copy.deepcopy(teacher))
-    student_s = end - time.perf_counter()
-    round_s = RACE_SHARE * student_s
-    if ROUND_EPOCHS * field_[0].epoch_seconds > round_s:
-        log(f"race: none (a round of {round_s:.0f} s, {100 * RACE_SHARE:.0f} % of the student's "
-            f"time, holds under {ROUND_EPOCHS} of its {field_[0].epoch_seconds:.1f}-s epochs)")
-        return None
-    fits = [c for c in field_ if ROUND_EPOCHS * c.epoch_seconds <= round_s]
-    for c in field_:
-        if c not in fits:
-            log(f"race: {c.name} left out (its {c.epoch_seconds:.1f}-s epochs: under "
-                f"{ROUND_EPOCHS} in a round of {round_s:.0f} s)")
-    if len(fits) < 2:
-        return None
-    total, winners = race_seconds(len(fits), round_s)
-    for c in fits:  # each planned as if it wins: the time the race leaves, at its own speed
-        c.cfg = replace_keys(c.cfg, epochs=max(ROUND_EPOCHS + 1, math.floor(
-            (student_s - total + winners) / c.epoch_seconds)), out=str(rd.racer(c.name)),
-            progress=False)
-    log(f"race: {len(fits)} candidate students, rounds of {round_s:.0f} s "
-        f"({100 * RACE_SHARE:.0f} % of the student's {student_s:.0f} s; {total:.0f} s in all), "
-        f"scored on {len(bundle.holdout)} held-out training images: " + ", ".join(
-            f"{c.name} ({c.epoch_seconds:.1f} s per epoch)" for c in fits))
-
-    def train_one(c, seconds: float) -> tuple[float, int, float]:
-        t = time.perf_counter()
-        rec = fit(c.cfg, "student", bundle, teacher=teacher, log=quiet,
-                  resume=RunDir(c.cfg.out).has_last(), pause_at=t + seconds)
-        return rec[SCORE], rec.get("epoch", rec.get("epochs", 0)), time.perf_counter() - t
-    win = successive_halving(fits, round_s, train_one, log)
-    rd.take_run(RunDir(win.cfg.out))
-    others = [c for c in fits if c is not win]
-    log(f"race: the student is {win.name} ({100 * win.scores[-1]:.1f} % held out, against "
-        + ", ".join(f"{c.name} {100 * c.scores[-1]:.1f} %" for c in others)
-        + f"); it goes on in {rd} with the rest of the budget (the others are in "
-        f"{rd.path / RunDir.RACE})")
-    return (replace(win.cfg, out=cfg.out, progress=cfg.progress),
-            {"race": [c.record() for c in field_], "race_winner": win.name}, win.seconds)
 
 
 def train_teacher(cfg: TrainConfig, bundle: Optional[DatasetBundle] = None, log: Log = print,

@@ -9,15 +9,24 @@ time is the race's price (3 of 5 rounds' time with three candidates, RACE_SHARE 
 student's time per round). Equal wall time, not equal epochs: a cheaper candidate runs more
 epochs, as it would in the budget. Why written here: timm and the DeiT code train the one
 model they are given, and tuning libraries (Optuna, Ray Tune) race whole runs, not candidates
-inside one run's budget.
+inside one run's budget. `race_student` runs it for `pipeline.train`.
 """
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
 
+from .build import choose_fusion
 from .config import TrainConfig, replace_keys
+from .data import DatasetBundle
+from .fit import fit
+from .models import Teacher
+from .plan import measure_epoch
+from .rundir import RunDir
+from .runtime import Log, quiet
 
 RACE_SHARE = 0.05      # one round's wall time, as a share of the student's time
 ROUND_EPOCHS = 2       # a candidate races only if this many of its epochs fit in a round
@@ -95,3 +104,59 @@ def successive_halving(field_: list[Candidate], round_seconds: float,
             + f" -> {', '.join(c.name for c in keep)} go{'es' if len(keep) == 1 else ''} on")
         alive = keep
     return alive[0]
+
+
+def race_student(cfg: TrainConfig, bundle: DatasetBundle, teacher: Optional[Teacher],
+                 rd: RunDir, end: float, log: Log) -> Optional[tuple[TrainConfig, dict, float]]:
+    """The student's shape chosen by a race inside the budget that ends at `end` (`race`):
+    each candidate's epoch measured, those with ROUND_EPOCHS epochs in a round raced in
+    OUT/race/, the winner's files moved into the run folder. Returns (the winner's config,
+    the race's record for the summary, the seconds the winner trained), or None when there is
+    no race (the reason said)."""
+    if not choose_fusion(cfg, "student", bundle):
+        log("race: none (it scores the candidates on held-out training images: data.holdout "
+            "above 0, with distillation through both heads and the fusion weight not fixed)")
+        return None
+    field_ = candidates(cfg)
+    if len(field_) < 2:
+        log(f"race: none (no other patch grid divides the {cfg.data.img_size}-px images)")
+        return None
+    for c in field_:  # a stand-in teacher: measuring optimises its forward, not the run's
+        c.epoch_seconds = measure_epoch(c.cfg, "student", bundle, copy.deepcopy(teacher))
+    student_s = end - time.perf_counter()
+    round_s = RACE_SHARE * student_s
+    if ROUND_EPOCHS * field_[0].epoch_seconds > round_s:
+        log(f"race: none (a round of {round_s:.0f} s, {100 * RACE_SHARE:.0f} % of the student's "
+            f"time, holds under {ROUND_EPOCHS} of its {field_[0].epoch_seconds:.1f}-s epochs)")
+        return None
+    fits = [c for c in field_ if ROUND_EPOCHS * c.epoch_seconds <= round_s]
+    for c in field_:
+        if c not in fits:
+            log(f"race: {c.name} left out (its {c.epoch_seconds:.1f}-s epochs: under "
+                f"{ROUND_EPOCHS} in a round of {round_s:.0f} s)")
+    if len(fits) < 2:
+        return None
+    total, winners = race_seconds(len(fits), round_s)
+    for c in fits:  # each planned as if it wins: the time the race leaves, at its own speed
+        c.cfg = replace_keys(c.cfg, epochs=max(ROUND_EPOCHS + 1, math.floor(
+            (student_s - total + winners) / c.epoch_seconds)), out=str(rd.racer(c.name)),
+            progress=False)
+    log(f"race: {len(fits)} candidate students, rounds of {round_s:.0f} s "
+        f"({100 * RACE_SHARE:.0f} % of the student's {student_s:.0f} s; {total:.0f} s in all), "
+        f"scored on {len(bundle.holdout)} held-out training images: " + ", ".join(
+            f"{c.name} ({c.epoch_seconds:.1f} s per epoch)" for c in fits))
+
+    def train_one(c, seconds: float) -> tuple[float, int, float]:
+        t = time.perf_counter()
+        rec = fit(c.cfg, "student", bundle, teacher=teacher, log=quiet,
+                  resume=RunDir(c.cfg.out).has_last(), pause_at=t + seconds)
+        return rec[SCORE], rec.get("epoch", rec.get("epochs", 0)), time.perf_counter() - t
+    win = successive_halving(fits, round_s, train_one, log)
+    rd.take_run(RunDir(win.cfg.out))
+    others = [c for c in fits if c is not win]
+    log(f"race: the student is {win.name} ({100 * win.scores[-1]:.1f} % held out, against "
+        + ", ".join(f"{c.name} {100 * c.scores[-1]:.1f} %" for c in others)
+        + f"); it goes on in {rd} with the rest of the budget (the others are in "
+        f"{rd.path / RunDir.RACE})")
+    return (replace(win.cfg, out=cfg.out, progress=cfg.progress),
+            {"race": [c.record() for c in field_], "race_winner": win.name}, win.seconds)

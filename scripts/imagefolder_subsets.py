@@ -1,11 +1,15 @@
 """Make the ImageFolder data sets that docs/recipes.md and docs/finetune.md measure on.
 
     python scripts/imagefolder_subsets.py OUT_DIR [--cifar ../shared/data/cifar10-jpg.tar.gz]
+    python scripts/imagefolder_subsets.py OUT_DIR --no-fashion --cifar-train 500 --cifar-test 200
     python scripts/imagefolder_subsets.py OUT_DIR --finetune-split [--cifar ...]
 
 writes OUT_DIR/fashion-6k (Fashion-MNIST from the Debian package: 600 training images per
 class, the first 2,000 test images; 28 px PNG) and OUT_DIR/cifar10-64px-2k (CIFAR-10: 200
-training and 100 test images per class, bicubic-upscaled to 64 px JPEG). With
+training and 100 test images per class, bicubic-upscaled to 64 px JPEG); `--cifar-train N
+[N ...]` makes one CIFAR-10 set per N training images per class instead (named by its
+training-set size: 500 gives cifar10-64px-5k), each with `--cifar-test` test images per
+class. With
 --finetune-split: OUT_DIR/cifar5-pretrain (airplane, automobile, bird, cat, deer: all 25,000
 training and 5,000 test images) and OUT_DIR/cifar5-finetune-500 (dog, frog, horse, ship,
 truck: 100 training images per class, seeded, and all 5,000 test images), the files copied as
@@ -105,9 +109,16 @@ if __name__ == "__main__":
     p.add_argument("out")
     p.add_argument("--cifar", default="../shared/data/cifar10-jpg.tar.gz")
     p.add_argument("--finetune-split", action="store_true")
+    p.add_argument("--cifar-train", type=int, nargs="+", default=[200],
+                   help="training images per class of each CIFAR-10 set (default 200: 2k)")
+    p.add_argument("--cifar-test", type=int, default=100, help="test images per class")
+    p.add_argument("--no-fashion", action="store_true", help="skip fashion-6k")
     a = p.parse_args()
     if a.finetune_split:
         finetune_split(Path(a.cifar), Path(a.out))
     else:
-        fashion(Path(a.out) / "fashion-6k")
-        cifar(Path(a.cifar), Path(a.out) / "cifar10-64px-2k")
+        if not a.no_fashion:
+            fashion(Path(a.out) / "fashion-6k")
+        for n in a.cifar_train:
+            name = f"cifar10-64px-{10 * n / 1000:g}k"
+            cifar(Path(a.cifar), Path(a.out) / name, train=n, test=a.cifar_test)

@@ -54,7 +54,7 @@ def test_larger_data_gets_a_deeper_student_and_the_deit_stack(tmp_path, monkeypa
 
 
 def test_cli_without_recipe_picks_trains_and_says_why(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("deitkit.pipeline.process_seconds", lambda: 0.0)  # budget from now
+    monkeypatch.setattr("deitkit.plan.process_seconds", lambda: 0.0)  # budget from now
     data = _folder(tmp_path / "d", 8, 28)
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(out), "--time-budget", "0.6",

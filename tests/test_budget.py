@@ -16,7 +16,7 @@ from deitkit.distributed import DistInfo
 from deitkit.export import FusedHeads, load_for_inference
 from deitkit.fit import _revise, fit
 from deitkit.models import student_forward
-from deitkit.pipeline import end_reserve
+from deitkit.plan import end_reserve
 from deitkit.plan import Deadline
 from deitkit.regime import fusion_line, reach_epochs, teacher_gap
 from deitkit.rundir import RunDir
@@ -130,7 +130,7 @@ def test_a_budgeted_run_fills_its_budget_and_never_passes_it(tmp_path, monkeypat
     # ones here, so the first plan is short: the fits revise it from their measured epochs
     monkeypatch.setattr(plan, "measure_epoch", lambda cfg, role, bundle, teacher=None, steps=3:
                         2.0 if role == "teacher" else 3.0)
-    monkeypatch.setattr("deitkit.pipeline.process_seconds", lambda: 5.0)
+    monkeypatch.setattr("deitkit.plan.process_seconds", lambda: 5.0)
     lines = []
     cfg = build_config("quickstart", overrides=[f"out={tmp_path / 'r'}", *TINY, "eval_every=1"])
     budget = 0.35                                             # 21 s, 5 of them already "spent"

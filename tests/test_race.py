@@ -66,8 +66,8 @@ def test_the_candidates_are_the_shapes_the_image_size_takes():
 def test_a_raced_run_continues_the_winner_and_keeps_the_others(tmp_path, monkeypatch):
     # rounds of a fifth of the student's time (a twentieth by default) so that a 40-s budget
     # holds two epochs of each candidate a round
-    monkeypatch.setattr("deitkit.pipeline.RACE_SHARE", 0.2)
-    monkeypatch.setattr("deitkit.pipeline.process_seconds", lambda: 0.0)
+    monkeypatch.setattr("deitkit.race.RACE_SHARE", 0.2)
+    monkeypatch.setattr("deitkit.plan.process_seconds", lambda: 0.0)
     out = tmp_path / "r"
     cfg = build_config("quickstart", overrides=[
         f"out={out}", *TINY, "model.patch_size=8", "data.holdout=0.2", "race=true",

@@ -74,7 +74,7 @@ def test_the_first_evaluation_is_not_what_the_estimate_times(monkeypatch):
 
 def test_a_budget_too_short_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(plan, "measure_epoch", lambda *a, **k: 30.0)
-    monkeypatch.setattr("deitkit.pipeline.process_seconds", lambda: 0.0)
+    monkeypatch.setattr("deitkit.plan.process_seconds", lambda: 0.0)
     cfg = build_config("quickstart", overrides=[f"out={tmp_path / 'r'}", *TINY])
     with pytest.raises(ValueError, match="too short: one student epoch takes 30.0 s"):
         train(cfg, time_budget=0.5)

@@ -8,7 +8,7 @@ import pytest
 from conftest import folder_hash
 from deitkit import build_config, train
 from deitkit.cli import main
-from deitkit.pipeline import teacher_config_for
+from deitkit.models.teacher_run import teacher_config_for
 from deitkit.rundir import RunDir
 
 fit_mod = importlib.import_module("deitkit.fit")

@@ -90,7 +90,7 @@ def test_deitkit_teacher_with_weights_trains_from_them(timm_file, tmp_path, caps
 # -- a student run that fine-tunes its own teacher; the teacher at its own resolution --------
 
 def test_a_student_run_fine_tunes_its_teacher_with_the_finetune_recipe(timm_file, tmp_path):
-    from deitkit.pipeline import teacher_config_for, teacher_recipe
+    from deitkit.models.teacher_run import teacher_config_for, teacher_recipe
     cfg = build_config("quickstart", overrides=[f"teacher.train_weights={timm_file}",
                                                 "teacher.img_size=48"])
     tcfg = teacher_config_for(cfg, tmp_path / "t")

@@ -193,6 +193,14 @@ def _naming_run(e: Exception, run: str) -> Exception:
         return RuntimeError(f"{run} failed: {type(e).__name__}: {e}")
 
 
+def _shared_models(spec: RunSpec) -> list[TeacherSpec]:
+    """The shared models run `spec` uses: its teacher (after the teacher whose accuracy it is
+    matched to, which must be trained first) and its pretrained start."""
+    t = spec.teacher
+    shared = [] if t is None else [t.match, t] if t.match else [t]
+    return shared + ([spec.weights] if spec.weights is not None else [])
+
+
 def _train_parallel(runner: StudyRunner, pairs: list, finished: set, study_dir: Path,
                     jobs: int, log) -> None:
     """Train every unfinished teacher and every student not in `finished` ((name, seed)) of
@@ -205,10 +213,8 @@ def _train_parallel(runner: StudyRunner, pairs: list, finished: set, study_dir: 
     # matched teacher's reference first: folder -> (TeacherSpec, seed); and each job's needs
     teachers, queue = {}, []
     for spec, seed in [p for p in pairs if p[0].role == "teacher"] + students:
-        t = spec.teacher
-        shared = ([] if t is None else [t.match, t] if t.match else [t])
         needs = set()
-        for ts in shared + ([spec.weights] if spec.weights is not None else []):
+        for ts in _shared_models(spec):
             out = runner.teacher_path(ts, seed)
             if not RunDir(out).is_finished():
                 teachers.setdefault(out, (ts, seed))
@@ -253,12 +259,7 @@ def _teacher_seconds(runner: StudyRunner, pairs: list, results: list) -> float:
     """Wall seconds of the teachers and pretrained starts the study's students use that are not
     runs of the study themselves (shared ones included: a study run from scratch trains them)."""
     own = {r["run_dir"] for r in results}
-    used = set()
-    for spec, seed in pairs:
-        t = spec.teacher
-        for ts in ([t, t.match] if t is not None else []) + [spec.weights]:
-            if ts is not None:
-                used.add(runner.teacher_path(ts, seed))
+    used = {runner.teacher_path(ts, seed) for spec, seed in pairs for ts in _shared_models(spec)}
     return sum(RunDir(p).read_summary().get("wall_seconds") or 0.0
                for p in used if str(p) not in own and RunDir(p).is_finished())
 
