@@ -768,17 +768,20 @@ def test_data_scale_compares_a_cnn_and_a_vit_of_similar_size(tmp_path, budget):
 
 @pytest.mark.parametrize("cnn_params, status", [
     (4.93e6, "not shown at this budget"),  # the committed report's full-width CNN: 1.82x
-    (2.77e6, "refuted"),                   # similar size: the deficit grew 3.71 ± 0.86 points
+    (2.77e6, "refuted"),                   # similar size: the deficit grew 4.21 ± 1.43 points
 ])
 def test_data_scale_deficit_claim_needs_similar_sizes(tmp_path, cnn_params, status):
     """'the ViT's deficit to the CNN shrinks as data grows' is judged (and refutable) with
     CNN and ViT of similar size, without needing a crossover in range (the recorded quick
-    runs, 3 seeds, converged)."""
+    runs, 3 seeds, with their curves made flat so that convergence is not what decides)."""
     from deitkit.studies.catalog import STUDIES as S
     record = _committed_record("data-scale-quick", tmp_path, seeds=3)
     for r in record["runs"]:
         if r["labels"]["model"] == "CNN":
             r["summary"]["parameters"] = cnn_params
+        for point in r["curve"]:
+            if "fused_top1" in point:
+                point["fused_top1"] = r["summary"]["fused_top1"]
     res = S["data-scale"].analyze(record, tmp_path)
     c = res["claims"][1]
     assert c["claim"] == "the ViT's deficit to the CNN shrinks as data grows"
