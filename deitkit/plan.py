@@ -5,8 +5,8 @@ augmentation, batch size, precision and teacher forward) plus one evaluation bat
 checkpoint write, and scales them to one epoch. `plan_run` does this for the CNN teacher a run
 will train (if any) and for the student, and, given a time budget, scales both epoch counts
 so that the whole run fits; `budget_end`, `plan_time` and `replan_student` turn a run's
-`--time-budget` into those counts and print them. Why written here: neither timm nor the official DeiT code
-estimates a run's time before it starts.
+`--time-budget` into those counts and print them. Why written here: neither timm nor the
+official DeiT code estimates a run's time before it starts.
 """
 from __future__ import annotations
 
@@ -244,9 +244,8 @@ def teacher_to_train(cfg: TrainConfig, out: Path) -> Optional[TrainConfig]:
     """The config of the CNN teacher this run will train, or None (given, stored, finished)."""
     if cfg.distill.kind == "none" or cfg.teacher.name or cfg.distill.store:
         return None
-    if RunDir(out).teacher.is_finished():
-        return None
-    return teacher_config_for(cfg, RunDir(out).teacher.path)
+    tdir = RunDir(out).teacher
+    return None if tdir.is_finished() else teacher_config_for(cfg, tdir.path)
 
 
 def budget_end(budget_minutes: float) -> float:

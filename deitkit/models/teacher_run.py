@@ -1,8 +1,8 @@
 """The CNN-teacher run that a student run trains when no teacher is named: its configuration
 (derived from the student's), its recipe, and where its configuration errors are reported.
 
-Used by the run (`pipeline`), the planner (`plan`, which measures that teacher's epochs before
-it exists) and the studies; kept below both so that the planner does not import the run.
+Used by the run (`pipeline`) and the planner (`plan`, which measures that teacher's epochs
+before it exists); kept below both so that the planner does not import the run.
 """
 from __future__ import annotations
 
