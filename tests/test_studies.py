@@ -868,3 +868,32 @@ def test_augmentation_study_runs_remove_only_what_they_name(study):
         assert not cfg.ema.enabled, spec.name
         if not cfg.aug.rand_augment:
             assert cfg.aug.color_jitter == 0, spec.name
+
+
+def test_distill_heads_without_the_optional_runs_uses_the_class_head_as_its_baseline(tmp_path):
+    """The quick budget trains only the runs its claims read (class-only, both-hard,
+    both-soft); the student without a teacher is then the class-only run's class head (its
+    distillation head untrained), in the regime check and the distillation finding alike."""
+    from deitkit.studies.catalog import STUDIES as S
+    from deitkit.studies.spec import BUDGETS
+    assert [r.name for r in S["distill-heads"].runs(BUDGETS["quick"])] == \
+        ["class-only", "both-hard", "both-soft"]
+    assert len(S["distill-heads"].runs(BUDGETS["tiny"])) == 5
+    record = _committed_record("distill-heads-quick", tmp_path, seeds=3)
+    record["runs"] = [r for r in record["runs"]
+                      if r["name"] in ("class-only", "both-hard", "both-soft")]
+    for r in record["runs"]:
+        if r["name"] == "class-only":
+            r["summary"]["cls_top1"], r["summary"]["fused_top1"] = 0.30, 0.10
+    res = S["distill-heads"].analyze(record, tmp_path)
+    assert [row[0] for row in res["tables"][0]["rows"]] == \
+        ["class token only (no teacher)", "both tokens, hard distillation",
+         "both tokens, soft distillation"]
+    teacher = statistics.fmean(100 * r["summary"]["teacher_top1"] for r in record["runs"]
+                               if r["name"] == "both-hard")
+    assert f"{teacher - 30:.1f} points above the student trained without it" \
+        in res["claims"][0]["why"]
+    hard = statistics.fmean(100 * r["summary"]["fused_top1"] for r in record["runs"]
+                            if r["name"] == "both-hard")
+    assert any(f"Against the no-distillation baseline (30.00%, the class-only run's class head)"
+               in f and f"{hard - 30:+.2f}" in f for f in res["findings"])

@@ -26,7 +26,7 @@ HEAD_RUNS = [("no-distill", "no distillation (DeiT without dist. token)"),
 def _distill_heads_runs(b: Budget) -> list:
     t = cnn_teacher(b, b.train_fraction)
     base = [*student_args(b, True), *distill_aug(b)]
-    return [RunSpec("no-distill", {"setting": HEAD_RUNS[0][1]},
+    runs = [RunSpec("no-distill", {"setting": HEAD_RUNS[0][1]},
                     [*student_args(b, False), *distill_aug(b), "distill.kind=none"]),
             RunSpec("class-only", {"setting": HEAD_RUNS[1][1]},
                     [*base, "distill.kind=none", "distill.heads=cls"]),
@@ -36,26 +36,38 @@ def _distill_heads_runs(b: Budget) -> list:
                     [*base, "distill.kind=hard"], teacher=t),
             RunSpec("both-soft", {"setting": HEAD_RUNS[4][1]},
                     [*base, "distill.kind=soft", "distill.tau=3.0"], teacher=t)]
+    return [r for r in runs if b.head_runs is None or r.name in b.head_runs]
+
+
+def _plain(record: dict) -> tuple[str, str]:
+    """The student trained without a teacher, and the metric that is its prediction: the
+    no-distillation run, or where the budget skips it the class-only run's class head (its
+    distillation head is untrained)."""
+    return ("no-distill", "fused_top1") if runs_of(record, "no-distill") else \
+        ("class-only", "cls_top1")
 
 
 def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
-    rows = []
-    for name, label in HEAD_RUNS:
+    rows, present = [], [(n, label) for n, label in HEAD_RUNS if runs_of(record, n)]
+    for name, label in present:
         cos = [r["summary"].get("token_cosine") for r in runs_of(record, name)]
         cos = [c for c in cos if c is not None]
         rows.append([label, metric(record, name, "cls_top1"), metric(record, name, "dist_top1"),
                      metric(record, name, "fused_top1"), metric(record, name, "head_agreement"),
                      round(statistics.fmean(cos), 3) if cos else None,
                      metric(record, name, "student_teacher_agreement")])
-    hard = dict(zip(["label", "cls", "dist", "fused", "agree", "cos", "st"], rows[3]))
-    soft_f, none_f = mean_of(rows[4][3]), mean_of(rows[0][3])
+    by_name = {n: row for (n, _), row in zip(present, rows)}
+    hard = dict(zip(["label", "cls", "dist", "fused", "agree", "cos", "st"], by_name["both-hard"]))
+    plain, plain_key = _plain(record)
+    soft_f = mean_of(metric(record, "both-soft", "fused_top1"))
+    none_f = mean_of(metric(record, plain, plain_key))
     fused = mean_of(hard["fused"])
     single = "cls_top1" if mean_of(hard["cls"]) >= mean_of(hard["dist"]) else "dist_top1"
     best_single = mean_of(hard["cls" if single == "cls_top1" else "dist"])
     # paired over seeds: the fused and single-head scores of the same runs
     second = paired(record, "both-hard", "both-hard", "fused_top1", single)
     hard_soft = paired(record, "both-hard", "both-soft")
-    vs_none = paired(record, "both-hard", "no-distill")
+    vs_none = paired(record, "both-hard", plain, "fused_top1", plain_key)
     findings = chance_note(record) + [
         (f"With both tokens and hard distillation, the fused prediction scored {fused:.2f}% "
          f"against {best_single:.2f}% for the better single head ({pts(second)}): " + judged(
@@ -71,13 +83,14 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
             up="hard won, as in the paper.",
             same="within noise (the paper finds hard better).",
             down="soft won here (the paper finds hard better).")),
-        (f"Against the no-distillation baseline ({none_f:.2f}%), hard distillation changed "
+        (f"Against the no-distillation baseline ({none_f:.2f}%"
+         + ("" if plain == "no-distill" else ", the class-only run's class head") + "), hard distillation changed "
          f"fused top-1 by {pts(vs_none)}: " + judged(vs_none,
              up="distillation helped.", same="within noise.",
              down="distillation hurt at this budget.")),
     ]
-    done, regime = converged(record, [n for n, _ in HEAD_RUNS])
-    ahead, ahead_regime = teacher_ahead(record, "both-hard", "no-distill")
+    done, regime = converged(record, [n for n, _ in present])
+    ahead, ahead_regime = teacher_ahead(record, "both-hard", plain, key=plain_key)
     testable, why = done and ahead, (f"{regime}; {ahead_regime}" if done else regime)
     # the class-only run's prediction is its class head (its distillation head is untrained:
     # its fused output would average that in and flatter "the distillation token adds")

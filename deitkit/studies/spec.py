@@ -49,6 +49,11 @@ class Budget:
     unused (a user with more images than labels; None: `train_fraction`)."""
     pretrain_epochs: int = 1
     """recipe-rescue: epochs of that pretraining (MAE, the mae-cpu recipe)."""
+    head_runs: Optional[tuple] = None
+    """distill-heads: the settings it trains (names in `distill_heads.HEAD_RUNS`); None: all
+    five. Its three claims read only the class-only, both-hard and both-soft runs (the
+    class-only run's class head is also the student trained without a teacher); the
+    no-distillation and distillation-token-only runs add findings and table rows."""
     distill_stack: Literal["full", "light"] = "full"
     """Augmentation of the distillation studies' students and ViT teachers (distill-heads,
     teacher-kind, data-scale): `full` (FULL_DEIT) or `light` (LIGHT_DEIT: RandAugment m9 on
@@ -84,14 +89,16 @@ BUDGETS = {
     # 58.8 %: measured). data-scale's quick sweep has its two ends only, 0.5 and 2 %: its claims
     # read the smallest and the largest size, and a middle fraction (three more runs per seed)
     # put 3 seeds at about 100 minutes with --jobs 2 against about 67 for the two ends (estimated
-    # from the runs' measured wall times on 2 cores, 2026-12-07)
+    # from the runs' measured wall times on 2 cores, 2026-12-07). distill-heads trains the three
+    # settings its claims read: all five came to about 79 minutes at 3 seeds (its runs' measured
+    # wall times, 466-655 s two at a time, plus its teachers), the three to about 51
     "quick": Budget("quick", None, epochs=160, train_fraction=0.02, img_size=32, patch_size=8,
                     depth=6, batch_size=64, teacher_epochs=100, eval_train_images=1000,
                     eval_every=20, num_workers=2, fractions=(0.005, 0.01),
                     scale_fractions=(0.005, 0.02), recipe="small-data-cpu",
                     overfit_fraction=0.01, overfit_epochs=160, overfit_eval_every=20,
                     distill_stack="light", pretrain_fraction=0.2, pretrain_epochs=10,
-                    minutes_target=60),
+                    head_runs=("class-only", "both-hard", "both-soft"), minutes_target=60),
     # one GPU, each study within about 5 minutes with 3 seeds (--seeds 3), the data on the
     # device (data.on_device=auto picks it for CIFAR-10). Planned from issue 13's step
     # measurements (DeiT-Tiny at 32 px: 6,000-30,000 images/s on an H100); not yet run. The

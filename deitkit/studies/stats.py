@@ -231,13 +231,14 @@ TEACHER_AHEAD_POINTS = 10.0  # a distillation claim needs a teacher this far abo
 
 
 def teacher_ahead(record: dict, distilled: str, plain: str,
-                  who: str = "the teacher") -> tuple[bool, str]:
+                  who: str = "the teacher", key: str = "fused_top1") -> tuple[bool, str]:
     """(the teacher of run `distilled` is at least TEACHER_AHEAD_POINTS above the student
     trained without one (run `plain`), the sentence); means over seeds. Below that the
     teacher has little to hand on (the quick distillation studies measured a 12-point teacher
-    and distillation within noise), so claims about how to distil cannot be tested."""
+    and distillation within noise), so claims about how to distil cannot be tested. `key`:
+    the metric that is `plain`'s prediction."""
     teacher = metric(record, distilled, "teacher_top1")
-    student = metric(record, plain, "fused_top1")
+    student = metric(record, plain, key)
     if teacher is None:
         return False, f"no accuracy was recorded for {who}"
     if student is None:
