@@ -630,7 +630,8 @@ def test_teacher_kind_advice_follows_the_verdict(tmp_path, lift, status, advice)
 def _with_plain_students(record: dict, below_teacher: float) -> dict:
     """teacher-kind's record with a student trained without a teacher at each fraction,
     `below_teacher` (a fraction: 0.12 is 12 points) under the ViT teacher as its students used it (the committed quick
-    report predates that run)."""
+    report predates that run; a record that has it gets it replaced)."""
+    record["runs"] = [r for r in record["runs"] if not r["name"].startswith("student-none-")]
     for r in [r for r in record["runs"] if r["name"].startswith("student-vit-")]:
         plain = copy.deepcopy(r)
         plain["name"] = r["name"].replace("student-vit-", "student-none-")
@@ -650,6 +651,8 @@ def test_teacher_kind_is_judged_only_with_teachers_well_above_the_plain_student(
     record = _committed_record("teacher-kind-quick", tmp_path, seeds=3)
     if below is not None:
         record = _with_plain_students(record, below)
+    else:
+        record["runs"] = [r for r in record["runs"] if not r["name"].startswith("student-none-")]
     for r in record["runs"]:
         if r["name"].startswith("student-"):
             if r["name"].startswith("student-cnn"):
@@ -724,8 +727,12 @@ def test_distillation_claims_need_a_teacher_well_above_the_student(tmp_path, tea
     from deitkit.studies.catalog import STUDIES as S
     from deitkit.studies.stats import NOT_SHOWN
     record = _committed_record("distill-heads-quick", tmp_path, seeds=3)
-    plain = statistics.fmean(r["summary"]["fused_top1"] for r in record["runs"]
-                             if r["name"] == "no-distill")
+    # the student without a teacher: the no-distillation run, or the class-only run's class
+    # head where the budget skips the former
+    names = {r["name"] for r in record["runs"]}
+    name, key = ("no-distill", "fused_top1") if "no-distill" in names else ("class-only",
+                                                                          "cls_top1")
+    plain = statistics.fmean(r["summary"][key] for r in record["runs"] if r["name"] == name)
     for r in record["runs"]:
         v = r["summary"].get("fused_top1")
         if v is not None:
@@ -897,3 +904,51 @@ def test_distill_heads_without_the_optional_runs_uses_the_class_head_as_its_base
                             if r["name"] == "both-hard")
     assert any(f"Against the no-distillation baseline (30.00%, the class-only run's class head)"
                in f and f"{hard - 30:+.2f}" in f for f in res["findings"])
+
+
+def test_teacher_kind_quick_teachers_learn_from_more_images_and_are_shared():
+    """At quick both teachers learn from 10 % of the training set (5,000 images), once per
+    seed, and every student of a kind uses that one teacher; the ViT teacher takes twice the
+    students' optimiser steps."""
+    from deitkit.studies.catalog import STUDIES as S
+    from deitkit.studies.spec import BUDGETS
+    b = BUDGETS["quick"]
+    runs = S["teacher-kind"].runs(b)
+    teachers = [r for r in runs if r.role == "teacher"]
+    assert [r.name for r in teachers] == ["cnn-teacher-f0.1", "vit-teacher-f0.1"]
+    for kind, t in (("cnn", teachers[0].teacher), ("vit", teachers[1].teacher)):
+        assert "data.train_fraction=0.1" in t.overrides
+        students = [r for r in runs if r.name.startswith(f"student-{kind}-")]
+        assert len(students) == len(b.fractions) and all(r.teacher == t for r in students)
+
+    def steps(overrides, images):
+        epochs = [int(o.split("=")[1]) for o in overrides if o.startswith("epochs=")][-1]
+        return epochs * images
+    vit = teachers[1].teacher
+    for f in b.fractions:
+        student = next(r for r in runs if r.name == f"student-none-f{f:g}")
+        assert steps(vit.overrides, 5000) == 2 * steps(student.overrides, round(f * 50000))
+    # tiny keeps a teacher pair per fraction, trained on the students' own images
+    assert [r.name for r in S["teacher-kind"].runs(BUDGETS["tiny"]) if r.role == "teacher"] == \
+        ["cnn-teacher-f0.25", "vit-teacher-f0.25", "cnn-teacher-f0.5", "vit-teacher-f0.5"]
+
+
+def test_teacher_kind_with_shared_teachers_reads_the_students_fractions(tmp_path):
+    """With one teacher pair on a larger fraction, the table has a row per students' fraction
+    (not the teachers'), and a finding says how many images the teachers learned from."""
+    from deitkit.studies.catalog import STUDIES as S
+    record = _committed_record("teacher-kind-quick", tmp_path, seeds=3)
+    students = sorted({r["labels"]["fraction"] for r in record["runs"]
+                       if r["name"].startswith("student-")})
+    shared = []
+    for r in record["runs"]:
+        if "-teacher-" in r["name"] and r["labels"]["fraction"] == students[0]:
+            r = copy.deepcopy(r)
+            r["name"] = r["name"].rsplit("-f", 1)[0] + "-f0.1"
+            r["labels"]["fraction"], r["summary"]["train_images"] = 0.1, 5000
+            shared.append(r)
+    record["runs"] = [r for r in record["runs"] if "-teacher-" not in r["name"]] + shared
+    res = S["teacher-kind"].analyze(record, tmp_path)
+    assert [row[0] for row in res["tables"][0]["rows"]] == students
+    assert any(f.startswith("Both teachers learned from 5,000 labelled images, a superset of "
+                            "the students' 250 and 500") for f in res["findings"])

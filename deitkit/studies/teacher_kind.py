@@ -12,18 +12,21 @@ from .stats import (MATCHED_POINTS, agg, chance_note, claim, converged, judged, 
 
 
 def _teacher_kind_runs(b: Budget) -> list:
-    runs = []
-    for f in b.fractions:
+    epochs = b.teacher_kind_epochs or b.epochs
+    runs, shared = [], b.teacher_fraction is not None
+    for i, f in enumerate(b.fractions):
+        tf = b.teacher_fraction if shared else f
         # the CNN is used at the epoch whose accuracy is closest to the ViT teacher's best
-        vit = vit_teacher(b, f)
-        cnn = matched_cnn_teacher(b, f, vit)
-        data = [f"data.train_fraction={f}", *epoch_args(b, f, b.epochs)]
+        vit = vit_teacher(b, tf, epochs)
+        cnn = matched_cnn_teacher(b, tf, vit)
+        if not shared or i == 0:  # the teachers' own runs, once each
+            runs += [RunSpec(f"cnn-teacher-f{tf:g}", {"fraction": tf, "teacher": "cnn"},
+                             role="teacher", teacher=cnn),
+                     RunSpec(f"vit-teacher-f{tf:g}", {"fraction": tf, "teacher": "vit"},
+                             role="teacher", teacher=vit)]
+        data = [f"data.train_fraction={f}", *epoch_args(b, f, epochs)]
         student = [*student_args(b, True), *distill_aug(b), "distill.kind=hard", *data]
-        runs += [RunSpec(f"cnn-teacher-f{f:g}", {"fraction": f, "teacher": "cnn"}, role="teacher",
-                         teacher=cnn),
-                 RunSpec(f"vit-teacher-f{f:g}", {"fraction": f, "teacher": "vit"}, role="teacher",
-                         teacher=vit),
-                 RunSpec(f"student-cnn-f{f:g}", {"fraction": f, "teacher": "cnn"}, student,
+        runs += [RunSpec(f"student-cnn-f{f:g}", {"fraction": f, "teacher": "cnn"}, student,
                          teacher=cnn),
                  RunSpec(f"student-vit-f{f:g}", {"fraction": f, "teacher": "vit"}, student,
                          teacher=vit),
@@ -41,7 +44,9 @@ def _slope(xs: list, ys: list) -> float:
 
 
 def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
-    fr = sorted({r["labels"]["fraction"] for r in record["runs"]})
+    # the students' fractions (the teachers may learn from a larger one, shared by all)
+    fr = sorted({r["labels"]["fraction"] for r in record["runs"]
+                 if r["name"].startswith("student-")})
     rows, adv = [], []
     for f in fr:
         # the teachers the students used (the CNN at its matched epoch), measured by the
@@ -120,7 +125,14 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
     lifts = [(rows[i][1], paired(record, f"student-cnn-f{f:g}", f"student-none-f{f:g}"),
               paired(record, f"student-vit-f{f:g}", f"student-none-f{f:g}"))
              for i, f in enumerate(fr)]
+    teacher_images = sorted({r["summary"].get("train_images") for r in record["runs"]
+                             if r["name"].split("-")[1:2] == ["teacher"]} - {None})
+    student_images = [r[1] for r in rows]
     findings = chance_note(record) + [
+        (f"Both teachers learned from {teacher_images[0]:,} labelled images, a superset of the "
+         f"students' {' and '.join(f'{n:,}' for n in student_images)}: a teacher that has seen "
+         "more labelled data than its student, so that it has something to hand on."
+         if len(teacher_images) == 1 and teacher_images[0] not in student_images else ""),
         "Against the same ViT trained without a teacher, distillation moved the student by " +
         "; ".join(f"{pts(c)} (CNN teacher) and {pts(v)} (ViT teacher) at {n:,} images"
                   for n, c, v in lifts) + "."
