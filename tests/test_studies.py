@@ -902,7 +902,7 @@ def test_distill_heads_without_the_optional_runs_uses_the_class_head_as_its_base
         in res["claims"][0]["why"]
     hard = statistics.fmean(100 * r["summary"]["fused_top1"] for r in record["runs"]
                             if r["name"] == "both-hard")
-    assert any(f"Against the no-distillation baseline (30.00%, the class-only run's class head)"
+    assert any("Against the no-distillation baseline (30.00%, the class-only run's class head)"
                in f and f"{hard - 30:+.2f}" in f for f in res["findings"])
 
 
