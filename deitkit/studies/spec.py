@@ -100,7 +100,7 @@ BUDGETS = {
     # put 3 seeds at about 100 minutes with --jobs 2 against about 67 for the two ends (estimated
     # from the runs' measured wall times on 2 cores, 2026-12-07). distill-heads trains the three
     # settings its claims read: all five came to about 79 minutes at 3 seeds (its runs' measured
-    # wall times, 466-655 s two at a time, plus its teachers), the three to about 51.
+    # wall times, 466-655 s two at a time, plus its teachers), the three 49.5 (measured end to end).
     # teacher-kind's teachers learn from 5,000 images (both shared by its two fractions): trained
     # on the students' own 250 and 500 images the ViT teacher stood 0-2 points above the students
     # (measured, 2 seeds), too little to hand on; its students run half the steps, which with
