@@ -84,8 +84,8 @@ def _distill_heads_analyze(record: dict, study_dir: Path) -> dict:
             same="within noise (the paper finds hard better).",
             down="soft won here (the paper finds hard better).")),
         (f"Against the no-distillation baseline ({none_f:.2f}%"
-         + ("" if plain == "no-distill" else ", the class-only run's class head") + "), hard distillation changed "
-         f"fused top-1 by {pts(vs_none)}: " + judged(vs_none,
+         + ("" if plain == "no-distill" else ", the class-only run's class head")
+         + f"), hard distillation changed fused top-1 by {pts(vs_none)}: " + judged(vs_none,
              up="distillation helped.", same="within noise.",
              down="distillation hurt at this budget.")),
     ]
