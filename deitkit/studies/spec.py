@@ -103,8 +103,9 @@ BUDGETS = {
     # wall times, 466-655 s two at a time, plus its teachers), the three 49.5 (measured end to end).
     # teacher-kind's teachers learn from 5,000 images (both shared by its two fractions): trained
     # on the students' own 250 and 500 images the ViT teacher stood 0-2 points above the students
-    # (measured, 2 seeds), too little to hand on; its students run half the steps, which with
-    # per-fraction teachers came to about 120 minutes at 3 seeds (estimated from measured runs)
+    # (measured, 2 seeds), too little to hand on; its students run half the steps (with a teacher
+    # pair per fraction and full steps, 3 seeds came to about 120 minutes; the new shape about 45:
+    # both estimated from measured runs, not yet run)
     "quick": Budget("quick", None, epochs=160, train_fraction=0.02, img_size=32, patch_size=8,
                     depth=6, batch_size=64, teacher_epochs=100, eval_train_images=1000,
                     eval_every=20, num_workers=2, fractions=(0.005, 0.01),
