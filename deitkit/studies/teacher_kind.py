@@ -45,8 +45,7 @@ def _slope(xs: list, ys: list) -> float:
 
 def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
     # the students' fractions (the teachers may learn from a larger one, shared by all)
-    fr = sorted({r["labels"]["fraction"] for r in record["runs"]
-                 if r["name"].startswith("student-")})
+    fr = sorted({r["labels"]["fraction"] for r in record["runs"] if r["role"] == "student"})
     rows, adv = [], []
     for f in fr:
         # the teachers the students used (the CNN at its matched epoch), measured by the
@@ -126,7 +125,7 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
               paired(record, f"student-vit-f{f:g}", f"student-none-f{f:g}"))
              for i, f in enumerate(fr)]
     teacher_images = sorted({r["summary"].get("train_images") for r in record["runs"]
-                             if r["name"].split("-")[1:2] == ["teacher"]} - {None})
+                             if r["role"] == "teacher"} - {None})
     student_images = [r[1] for r in rows]
     findings = chance_note(record) + [
         (f"Both teachers learned from {teacher_images[0]:,} labelled images, a superset of the "
