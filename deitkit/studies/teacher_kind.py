@@ -64,7 +64,8 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
     xs = [math.log10(r[1]) for r in rows]
     ys = [mean_of(a) for a in adv]
     slope = _slope(xs, ys) if len(xs) > 1 else 0.0
-    tgap = [abs(r[4]) for r in rows]
+    signed = [r[4] for r in rows]  # CNN teacher minus ViT teacher, points
+    tgap = [abs(g) for g in signed]
     shift = None
     if len(fr) > 1:  # per seed: (advantage at the largest fraction) - (at the smallest)
         def adv_by_seed(f):
@@ -136,9 +137,12 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
         "; ".join(f"{pts(c)} (CNN teacher) and {pts(v)} (ViT teacher) at {n:,} images"
                   for n, c, v in lifts) + "."
         if all(c and v for _, c, v in lifts) else ""] + [
-        (f"The CNN and ViT teachers differed by {min(tgap):.2f} to {max(tgap):.2f} points of "
-         "validation top-1 across fractions (positive: the CNN was better; see the table), so "
-         "the comparison is " + ("fair" if max(tgap) <= 3 else
+        ("The CNN teacher minus the ViT teacher: " + (
+            f"{signed[0]:+.2f} points of validation top-1 (one pair for every fraction"
+            if len(set(round(g, 2) for g in signed)) == 1 else
+            f"{min(signed):+.2f} to {max(signed):+.2f} points of validation top-1 across "
+            "fractions") + "; see the table), so the comparison is "
+         + ("fair" if max(tgap) <= 3 else
                                  "confounded by teacher accuracy where the gap is large") + "."),
         (f"The CNN teacher's advantage (student top-1 with the CNN teacher minus with the ViT "
          f"teacher) went from {ys[0]:+.2f} points at {rows[0][1]} images to {ys[-1]:+.2f} at "
