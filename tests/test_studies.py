@@ -949,3 +949,6 @@ def test_teacher_kind_with_shared_teachers_reads_the_students_fractions(tmp_path
     assert [row[0] for row in res["tables"][0]["rows"]] == students
     assert any(f.startswith("Both teachers learned from 5,000 labelled images, a superset of "
                             "the students' 250 and 500") for f in res["findings"])
+    gap = res["tables"][0]["rows"][0][4]  # CNN minus ViT teacher, signed, one pair for both
+    assert any(f.startswith(f"The CNN teacher minus the ViT teacher: {gap:+.2f} points")
+               for f in res["findings"])

@@ -139,11 +139,11 @@ def _teacher_kind_analyze(record: dict, study_dir: Path) -> dict:
         if all(c and v for _, c, v in lifts) else ""] + [
         ("The CNN teacher minus the ViT teacher: " + (
             f"{signed[0]:+.2f} points of validation top-1 (one pair for every fraction"
-            if len(set(round(g, 2) for g in signed)) == 1 else
+            if len(set(signed)) == 1 else  # rows hold the gap rounded to 2 decimals
             f"{min(signed):+.2f} to {max(signed):+.2f} points of validation top-1 across "
             "fractions") + "; see the table), so the comparison is "
          + ("fair" if max(tgap) <= 3 else
-                                 "confounded by teacher accuracy where the gap is large") + "."),
+            "confounded by teacher accuracy where the gap is large") + "."),
         (f"The CNN teacher's advantage (student top-1 with the CNN teacher minus with the ViT "
          f"teacher) went from {ys[0]:+.2f} points at {rows[0][1]} images to {ys[-1]:+.2f} at "
          f"{rows[-1][1]} (change {pts(shift)} paired over seeds; {slope:+.2f} points per "
